@@ -1,0 +1,79 @@
+"""``polyglot-jax <command>``: one entry point for every command.
+
+    polyglot-jax train --config configs/demo.py --workdir DIR [--config.a.b=v ...]
+    polyglot-jax train --gin_file gin/demo.gin --workdir DIR [--gin_bindings 'model.num_layers=4']
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+USAGE = "polyglot-jax <command> [flags]; commands: train"
+
+
+def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Separates --config.a.b=v / --config.a.b v flags from the rest."""
+  rest, overrides = [], []
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      body = arg[len("--config."):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise SystemExit(f"error: {arg} needs a value (--config.key=value)")
+        body = f"{body}={argv[i + 1]}"
+        i += 1
+      overrides.append(body)
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def _train(argv: list[str]) -> int:
+  from polyglot_jax import configs as config_lib
+  rest, overrides = _split_config_overrides(argv)
+  parser = argparse.ArgumentParser(prog="polyglot-jax train")
+  parser.add_argument("--config", help="ml_collections config file (configs/*.py)")
+  parser.add_argument("--gin_file", action="append", default=[], help="gin file(s) binding the config sections")
+  parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
+  parser.add_argument("--workdir", required=True, help="checkpoints, metrics and config.json go here")
+  args = parser.parse_args(rest)
+  if bool(args.config) == bool(args.gin_file):
+    parser.error("give exactly one of --config or --gin_file")
+  if args.config:
+    config = config_lib.load_config(args.config, overrides)
+  else:
+    from polyglot_jax import gin_config
+    config = gin_config.config_from_gin(args.gin_file, args.gin_bindings)
+    config_lib.apply_overrides(config, overrides)
+    config_lib.validate(config)
+  from polyglot_jax.train.trainer import train_and_evaluate
+  train_and_evaluate(config, args.workdir)
+  return 0
+
+
+COMMANDS = {"train": _train}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+  for noisy in ("absl", "jax._src", "orbax", "jax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  if not argv or argv[0] in ("-h", "--help"):
+    print(USAGE)
+    return 0 if argv else 2
+  command, rest = argv[0], argv[1:]
+  if command not in COMMANDS:
+    print(f"error: unknown command '{command}'; {USAGE}", file=sys.stderr)
+    return 2
+  from polyglot_jax import errors
+  try:
+    return COMMANDS[command](rest)
+  except errors.USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1

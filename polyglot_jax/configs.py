@@ -1,0 +1,291 @@
+"""Config helpers: the defaults, loading a config file, overrides, durations.
+
+Every field is defined and commented once, in ``default_config``; experiment
+files in configs/ start from it and change what they need. Configs are locked
+before overrides apply, so a mistyped key is an error naming the key, and a
+value of the wrong type is an error naming the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+from ml_collections import ConfigDict
+
+
+class ConfigError(ValueError):
+  """A config problem a user can fix; the message names the key and what to do."""
+
+
+DEFAULT_RULES = (
+    # Parameters. FSDP shards the embed dim of every weight; tensor parallelism
+    # splits heads, MLP hidden units and the vocabulary.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("expert", "expert"),
+    # Activations. The batch is split over (data, fsdp); activation feature
+    # dims use their own names so that a weight's embed→fsdp rule does not
+    # also shard activations along the axis their batch already uses.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def default_config() -> ConfigDict:
+  """Every config field with its default; experiment configs start here."""
+  c = ConfigDict()
+  c.seed = 0  # PRNG seed for parameter init and the data order.
+  c.objective = "lm"  # Training objective by registry name: lm (causal LM).
+
+  c.model = ConfigDict()
+  c.model.vocab_size = 32000  # Rows of the embedding; must cover the tokenizer.
+  c.model.d_model = 512  # Residual stream width.
+  c.model.num_layers = 8  # Decoder blocks.
+  c.model.num_heads = 8  # Query heads.
+  c.model.num_kv_heads = 8  # Key/value heads (grouped-query attention when < num_heads).
+  c.model.head_dim = 0  # Per-head width; 0 means d_model // num_heads.
+  c.model.mlp_dim = 1376  # SwiGLU hidden width.
+  c.model.rope_theta = 10000.0  # RoPE base frequency.
+  c.model.norm_eps = 1e-6  # RMSNorm epsilon.
+  c.model.tie_embeddings = True  # Output head shares the embedding matrix.
+  c.model.qkv_bias = False  # Bias on q/k/v projections (Qwen2 has it).
+  c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16.
+  c.model.param_dtype = "float32"  # Storage dtype of parameters and optimizer state.
+  c.model.init_std = 0.02  # Std of the normal initialiser of every matrix.
+  c.model.scan_layers = True  # lax.scan over stacked layers (fast compiles) or unrolled.
+  c.model.remat_policy = "none"  # Per-layer rematerialisation: none | dots | full.
+  c.model.attention_block = 128  # Causal attention in query blocks of this size (0: one block).
+
+  c.mesh = ConfigDict()  # Mesh axis sizes; one may be -1 (= the rest of the devices).
+  c.mesh.data = 1  # Pure data parallelism (parameters replicated).
+  c.mesh.fsdp = -1  # Data parallelism with parameters and optimizer state sharded.
+  c.mesh.tensor = 1  # Tensor (model) parallelism over heads / MLP / vocab.
+  c.mesh.expert = 1  # Expert parallelism (MoE layers).
+  c.logical_axis_rules = DEFAULT_RULES  # Logical axis name → mesh axis (or None).
+
+  c.data = ConfigDict()
+  c.data.source = "jsonl"  # jsonl: files of {"text", "lang"} records; demo: the offline demo corpus.
+  c.data.train_files = ()  # Glob patterns of training JSONL files.
+  c.data.eval_files = ()  # Glob patterns of held-out JSONL files (per-language perplexity).
+  c.data.tokenizer = ""  # SentencePiece .model path; for source=demo, built under demo_dir.
+  c.data.languages = ()  # Language codes; their order gives lang_ids. Empty: as found in the data.
+  c.data.seq_len = 512  # Tokens per packed row.
+  c.data.global_batch_size = 8  # Rows per step over all hosts.
+  c.data.shuffle_seed = 0  # Seed of the document and row order.
+  c.data.demo_dir = ""  # Where the demo corpus and tokenizer are built; empty: WORKDIR/demo_data.
+  c.data.eval_max_rows = 0  # Cap on held-out rows per language; 0 means all.
+
+  c.optimizer = ConfigDict()
+  c.optimizer.learning_rate = 3e-4  # Peak learning rate.
+  c.optimizer.schedule = "cosine"  # After warmup: cosine | linear | constant.
+  c.optimizer.warmup_steps = 100  # Linear warmup from 0.
+  c.optimizer.end_lr_ratio = 0.1  # Final learning rate as a fraction of the peak.
+  c.optimizer.b1 = 0.9  # AdamW beta1.
+  c.optimizer.b2 = 0.95  # AdamW beta2.
+  c.optimizer.eps = 1e-8  # AdamW epsilon.
+  c.optimizer.weight_decay = 0.1  # Decoupled weight decay (matrices only; norms are excluded).
+  c.optimizer.clip_norm = 1.0  # Global gradient-norm clipping; 0 disables.
+  c.optimizer.grad_accum_steps = 1  # Micro-batches per update (the batch is split, the update is one).
+  c.optimizer.z_loss = 0.0  # Weight of the log(Z)^2 auxiliary loss (PaLM uses 1e-4).
+  c.optimizer.max_consecutive_skips = 5  # Stop after this many non-finite updates in a row.
+
+  c.train = ConfigDict()
+  c.train.num_steps = 1000  # Training length in optimizer steps ...
+  c.train.num_tokens = 0  # ... or in tokens (overrides num_steps when > 0) ...
+  c.train.num_examples = 0  # ... or in packed rows (overrides num_steps when > 0).
+  c.train.log_every_steps = 10  # metrics.jsonl / TensorBoard / progress line period.
+  c.train.eval_every_steps = 0  # Held-out evaluation period; 0 means start and end only.
+
+  c.checkpoint = ConfigDict()
+  c.checkpoint.every_steps = 500  # Save period (also saved at the end and on SIGTERM).
+  c.checkpoint.max_to_keep = 3  # Keep the newest K checkpoints; the keep policy alone deletes.
+  c.checkpoint.async_save = True  # Write checkpoints in the background while training goes on.
+
+  c.metrics = ConfigDict()
+  c.metrics.peak_flops_per_device = 0.0  # For MFU; 0 means look up (TPU/GPU) or measure (CPU).
+  return c
+
+
+# ---------------------------------------------------------------------------
+# Loading and overrides
+# ---------------------------------------------------------------------------
+
+
+def load_config_file(path: str) -> ConfigDict:
+  """Imports ``path`` and returns its ``get_config()``, locked."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file '{path}' does not exist; pass --config configs/<name>.py")
+  spec = importlib.util.spec_from_file_location(f"polyglot_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # A broken config file: say which and why, in one line.
+    raise ConfigError(f"config file '{path}' failed to import: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file '{path}' has no get_config() function")
+  config = module.get_config()
+  if not isinstance(config, ConfigDict):
+    raise ConfigError(f"config file '{path}': get_config() must return an ml_collections.ConfigDict")
+  config.lock()
+  return config
+
+
+def _all_keys(config: ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in config.items():
+    keys.append(prefix + k)
+    if isinstance(v, ConfigDict):
+      keys.extend(_all_keys(v, prefix + k + "."))
+  return keys
+
+
+def _unknown_key(config: ConfigDict, key: str) -> ConfigError:
+  close = difflib.get_close_matches(key, _all_keys(config), n=1)
+  hint = f"; did you mean '{close[0]}'?" if close else ""
+  return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def parse_value(key: str, text: str, current: Any) -> Any:
+  """Parses an override string to the type of the field it replaces."""
+  if isinstance(current, bool):
+    low = text.lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"config key '{key}' is a bool; got '{text}' (use true or false)")
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise ConfigError(f"config key '{key}' is an int; got '{text}'") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise ConfigError(f"config key '{key}' is a float; got '{text}'") from None
+  if isinstance(current, str):
+    return text
+  if isinstance(current, (tuple, list)):
+    stripped = text.strip()
+    if stripped.startswith(("(", "[")):
+      try:
+        value = ast.literal_eval(stripped)
+      except (ValueError, SyntaxError):
+        raise ConfigError(f"config key '{key}' is a sequence; could not parse '{text}'") from None
+      return tuple(value)
+    return tuple(part for part in stripped.split(",") if part) if stripped else ()
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def set_key(config: ConfigDict, key: str, value: Any, *, from_string: bool) -> None:
+  """Sets a dotted key of a locked config; unknown keys and wrong types are ConfigErrors."""
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts[:-1]):
+    if part not in node or not isinstance(node[part], ConfigDict):
+      raise _unknown_key(config, key)
+    node = node[part]
+  leaf = parts[-1]
+  if leaf not in node:
+    raise _unknown_key(config, key)
+  current = node[leaf]
+  if isinstance(current, ConfigDict):
+    raise ConfigError(f"config key '{key}' is a section; set one of its fields, e.g. '{key}.{next(iter(current.keys()), 'x')}'")
+  if from_string:
+    value = parse_value(key, value, current)
+  elif isinstance(current, tuple) and isinstance(value, list):
+    value = tuple(value)
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise ConfigError(f"config key '{key}' expects {type(current).__name__}, got {value!r}") from e
+
+
+def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
+  """Applies ``a.b=v`` strings (from ``--config.a.b=v``) to a locked config."""
+  for item in overrides:
+    if "=" not in item:
+      raise ConfigError(f"config override '{item}' must look like --config.key=value")
+    key, value = item.split("=", 1)
+    set_key(config, key, value, from_string=True)
+  return config
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ConfigDict:
+  config = load_config_file(path)
+  apply_overrides(config, overrides)
+  validate(config)
+  return config
+
+
+def validate(config: ConfigDict) -> None:
+  """Checks that cut across fields; each failure names the keys involved."""
+  d, m = config.data, config.model
+  if d.global_batch_size % config.optimizer.grad_accum_steps:
+    raise ConfigError(
+        f"config.data.global_batch_size={d.global_batch_size} is not divisible by "
+        f"config.optimizer.grad_accum_steps={config.optimizer.grad_accum_steps}")
+  if config.optimizer.schedule not in ("cosine", "linear", "constant"):
+    raise ConfigError(f"config.optimizer.schedule='{config.optimizer.schedule}'; use cosine, linear or constant")
+  if m.d_model % m.num_heads and m.head_dim <= 0:
+    raise ConfigError(f"config.model.d_model={m.d_model} is not divisible by num_heads={m.num_heads}; set model.head_dim")
+  if d.source not in ("jsonl", "demo"):
+    raise ConfigError(f"config.data.source='{d.source}'; use jsonl or demo")
+
+
+def to_json(config: ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def resolve_steps(config: ConfigDict) -> int:
+  """Training length in steps from num_steps / num_tokens / num_examples."""
+  t, d = config.train, config.data
+  if t.num_tokens > 0:
+    per_step = d.global_batch_size * d.seq_len
+    return max(1, -(-t.num_tokens // per_step))
+  if t.num_examples > 0:
+    return max(1, -(-t.num_examples // d.global_batch_size))
+  if t.num_steps <= 0:
+    raise ConfigError("config.train: set num_steps, num_tokens or num_examples to a positive number")
+  return t.num_steps
+
+
+def config_from_dict(values: dict) -> ConfigDict:
+  """Rebuilds a locked config from its JSON form (workdir/config.json)."""
+  base = default_config()
+  base.lock()
+  _update(base, values, "")
+  return base
+
+
+def _update(node: ConfigDict, values: dict, prefix: str) -> None:
+  for k, v in values.items():
+    if isinstance(v, dict) and k in node and isinstance(node[k], ConfigDict):
+      _update(node[k], v, prefix + k + ".")
+    else:
+      if k == "logical_axis_rules":
+        v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+      set_key(node, k, v, from_string=False)
+
+
+__all__ = ["ConfigError", "default_config", "load_config", "apply_overrides", "resolve_steps",
+           "set_key", "to_json", "config_from_dict", "ml_collections"]

@@ -1,0 +1,97 @@
+"""From config to token rows: the jsonl and demo sources of the packed backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import Counter
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from polyglot_jax.data import languages as langs
+from polyglot_jax.data.packing import FIELDS
+from polyglot_jax.data.pipeline import DataError, expand_files, read_jsonl, tokenize_and_pack
+
+
+@dataclasses.dataclass
+class TextData:
+  processor: object  # sentencepiece.SentencePieceProcessor
+  languages: tuple[str, ...]  # lang_id → code
+  train_rows: dict[str, np.ndarray]
+  eval_rows: dict[str, np.ndarray]  # Every row holds one language (packed per language).
+  rejected: Counter
+
+
+def demo_paths(config: ConfigDict, workdir: str) -> tuple[str, str, str]:
+  root = config.data.demo_dir or os.path.join(workdir, "demo_data")
+  return os.path.join(root, "train.jsonl"), os.path.join(root, "eval.jsonl"), os.path.join(root, "spm")
+
+
+def prepare_demo(config: ConfigDict, workdir: str) -> None:
+  """Builds the demo corpus and its tokenizer once (process 0), if not there yet."""
+  from polyglot_jax.data.demo_corpus import build_demo_corpus
+  from polyglot_jax.tokenizer.train import train_sentencepiece
+  train_path, _, spm_prefix = demo_paths(config, workdir)
+  if jax.process_index() == 0:
+    if not os.path.exists(train_path):
+      logging.info("building the demo corpus in %s", os.path.dirname(train_path))
+      build_demo_corpus(os.path.dirname(train_path))
+    if not os.path.exists(spm_prefix + ".model"):
+      logging.info("training a %d-piece SentencePiece tokenizer", config.model.vocab_size)
+      records, _ = read_jsonl([train_path])
+      train_sentencepiece(records, spm_prefix, config.model.vocab_size)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("demo corpus ready")
+
+
+def load_text_data(config: ConfigDict, workdir: str) -> TextData:
+  import sentencepiece as spm
+  d = config.data
+  if d.source == "demo":
+    prepare_demo(config, workdir)
+    train_path, eval_path, spm_prefix = demo_paths(config, workdir)
+    train_files, eval_files = [train_path], [eval_path]
+    tokenizer = d.tokenizer or spm_prefix + ".model"
+  else:
+    if not d.train_files:
+      raise DataError("config.data.train_files is empty; point it at JSONL files of {\"text\", \"lang\"} records")
+    train_files = expand_files(d.train_files, "config.data.train_files")
+    eval_files = expand_files(d.eval_files, "config.data.eval_files") if d.eval_files else []
+    tokenizer = d.tokenizer
+  if not tokenizer or not os.path.isfile(tokenizer):
+    raise DataError(f"tokenizer '{tokenizer}' does not exist; set config.data.tokenizer to a SentencePiece .model file")
+  processor = spm.SentencePieceProcessor(model_file=tokenizer)
+  if processor.vocab_size() > config.model.vocab_size:
+    raise DataError(
+        f"tokenizer '{tokenizer}' has {processor.vocab_size()} pieces but config.model.vocab_size="
+        f"{config.model.vocab_size}; set model.vocab_size to at least {processor.vocab_size()}")
+  train_records, rejected = read_jsonl(train_files)
+  eval_records, eval_rejected = read_jsonl(eval_files) if eval_files else ([], Counter())
+  rejected.update(eval_rejected)
+  if d.languages:
+    languages = tuple(langs.resolve(code) for code in d.languages)
+  else:
+    languages = tuple(sorted({lang for _, lang in train_records}))
+  ids = {code: i for i, code in enumerate(languages)}
+  missing = sorted({lang for _, lang in train_records + eval_records} - set(ids))
+  if missing:
+    raise DataError(f"the data has languages {missing} that config.data.languages={list(d.languages)} does not list; add them")
+  empty = [code for code in languages if not any(lang == code for _, lang in train_records)]
+  if empty:
+    raise DataError(f"config.data.languages names {empty} but the training files have no text in them")
+  train_rows = tokenize_and_pack(train_records, processor, ids, d.seq_len)
+  # Held-out text is packed one language at a time, so each row is one language.
+  eval_parts = []
+  for code in languages:
+    part = tokenize_and_pack([r for r in eval_records if r[1] == code], processor, ids, d.seq_len)
+    if d.eval_max_rows:
+      part = {k: v[:d.eval_max_rows] for k, v in part.items()}
+    eval_parts.append(part)
+  eval_rows = {k: np.concatenate([p[k] for p in eval_parts]) for k in FIELDS} if eval_parts else {}
+  logging.info("data: %d languages, %d training rows, %d held-out rows of %d tokens",
+               len(languages), len(train_rows["inputs"]), len(eval_rows.get("inputs", [])), d.seq_len)
+  return TextData(processor, languages, train_rows, eval_rows, rejected)

@@ -1,0 +1,10 @@
+"""The errors a user can cause and fix; the CLI prints them as one line."""
+
+from polyglot_jax.configs import ConfigError
+from polyglot_jax.data.languages import UnknownLanguageError
+from polyglot_jax.data.pipeline import DataError
+from polyglot_jax.mesh import MeshError
+from polyglot_jax.train.checkpoint import CheckpointError
+from polyglot_jax.train.trainer import TrainingError
+
+USER_ERRORS = (ConfigError, DataError, MeshError, CheckpointError, TrainingError, UnknownLanguageError)

@@ -1,0 +1,122 @@
+"""Decoder-only transformer of the Llama / Qwen2 family (Flax NNX).
+
+Token embedding (tied or untied head) → N × [RMSNorm → GQA attention with
+RoPE → residual → RMSNorm → SwiGLU → residual] → RMSNorm → vocabulary logits.
+Layers are stacked along a leading ``layers`` axis and run with ``lax.scan``
+when ``scan_layers`` is set (one compiled layer, fast compiles on deep
+models), or unrolled otherwise. Each layer is a remat point whose policy is
+named in config.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from polyglot_jax.mesh import constrain
+from polyglot_jax.models.attention import Attention
+from polyglot_jax.models.config import ModelConfig
+from polyglot_jax.models.layers import RMSNorm, dtype_of, param, rope_tables
+from polyglot_jax.models.mlp import SwiGLU
+
+REMAT_POLICIES = {
+    # Keep every activation: fastest, most memory.
+    "none": None,
+    # Recompute the whole layer in the backward pass: least memory.
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep matmul outputs, recompute elementwise work (MaxText's "minimal").
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, dt, pdt, rngs)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, dt, pdt, rngs)
+    self.mlp = SwiGLU(cfg, rngs)
+
+  def __call__(self, x_BxLxE, cos, sin, segment_ids_BxL):
+    x_BxLxE = x_BxLxE + self.attn(self.attn_norm(x_BxLxE), cos, sin, segment_ids_BxL)
+    x_BxLxE = x_BxLxE + self.mlp(self.mlp_norm(x_BxLxE))
+    return constrain(x_BxLxE, ("batch", "length", "act_embed"))
+
+
+class Decoder(nnx.Module):
+  """The language model: ``logits = model(tokens, segment_ids, positions)``."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    if cfg.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"config.model.remat_policy='{cfg.remat_policy}' is unknown; use one of {sorted(REMAT_POLICIES)}")
+    self.cfg = cfg
+    pdt = dtype_of(cfg.param_dtype)
+    self.embedding = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pdt, cfg.init_std)
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.num_layers)
+      @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def make_blocks(layer_rngs):
+        return Block(cfg, layer_rngs)
+      self.blocks = make_blocks(rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype_of(cfg.dtype), pdt, rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt, cfg.init_std)
+
+  def embed(self, tokens_BxL):
+    dt = dtype_of(self.cfg.dtype)
+    # Gather from a table whose embed dim is all-gathered (as FSDP does for
+    # every weight); gathering rows out of an embed-sharded table makes XLA
+    # replicate the whole result instead.
+    table_VxE = constrain(self.embedding[...], ("vocab", None))
+    x = jnp.take(table_VxE, tokens_BxL, axis=0).astype(dt)
+    return constrain(x, ("batch", "length", "act_embed"))
+
+  def hidden_states(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None):
+    """Final-norm hidden states [B, L, E]."""
+    cfg = self.cfg
+    if segment_ids_BxL is None:
+      segment_ids_BxL = jnp.ones_like(tokens_BxL)
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[-1]), tokens_BxL.shape)
+    cos, sin = rope_tables(positions_BxL, cfg.head_dim, cfg.rope_theta)
+    x = self.embed(tokens_BxL)
+    policy = REMAT_POLICIES[cfg.remat_policy]
+
+    def layer(block, x):
+      return block(x, cos, sin, segment_ids_BxL)
+
+    if cfg.remat_policy != "none":
+      layer = nnx.remat(layer, policy=policy, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+                transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def run_layers(block, x):
+        return layer(block, x)
+      x = run_layers(self.blocks, x)
+    else:
+      for block in self.blocks:
+        x = layer(block, x)
+    return self.final_norm(x)
+
+  def logits(self, hidden_BxLxE):
+    """Vocabulary logits in float32 (losses and softmax stay in float32)."""
+    dt = dtype_of(self.cfg.dtype)
+    b, length, e = hidden_BxLxE.shape
+    h_TxE = hidden_BxLxE.reshape(b * length, e).astype(dt)
+    if self.cfg.tie_embeddings:
+      w_ExV = self.embedding[...].astype(dt).T
+    else:
+      w_ExV = self.lm_head[...].astype(dt)
+    out_TxV = jnp.matmul(h_TxE, w_ExV, preferred_element_type=jnp.float32)
+    return constrain(out_TxV.reshape(b, length, -1), ("batch", "length", "act_vocab"))
+
+  def __call__(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None):
+    return self.logits(self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL))
+
+
+def num_params(model: nnx.Module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
