@@ -110,6 +110,7 @@ def default_config() -> ConfigDict:
   c.train.num_examples = 0  # ... or in packed rows (overrides num_steps when > 0).
   c.train.log_every_steps = 10  # metrics.jsonl / TensorBoard / progress line period.
   c.train.eval_every_steps = 0  # Held-out evaluation period; 0 means start and end only.
+  c.train.stop_after_steps = 0  # Save and exit after this step, as on preemption (time-sliced queues); 0: off.
 
   c.checkpoint = ConfigDict()
   c.checkpoint.every_steps = 500  # Save period (also saved at the end and on SIGTERM).
@@ -283,7 +284,7 @@ def _update(node: ConfigDict, values: dict, prefix: str) -> None:
       _update(node[k], v, prefix + k + ".")
     else:
       if k == "logical_axis_rules":
-        v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        v = tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in v)
       set_key(node, k, v, from_string=False)
 
 

@@ -10,8 +10,10 @@ languages, so that held-out text says the same thing in every language:
   currencies, time zones, months and weekdays in each locale.
 
 A message is held out (in every language at once) when a hash of its English
-key falls in the held-out bucket, so no held-out sentence has a translation
-in the training data of another language.
+text falls in the held-out bucket, so no held-out sentence has a translation
+in the training data of another language. Within a language, lines are
+de-duplicated, and a training line identical to a held-out line (two English
+messages with one translation) is dropped from training.
 """
 
 from __future__ import annotations
@@ -48,37 +50,40 @@ def _django_messages(locale: str) -> list[tuple[str, str]]:
     for path in sorted(glob.glob(f"{root}/**/locale/de/LC_MESSAGES/*.po", recursive=True)):
       for entry in polib.pofile(path):
         if entry.msgid and not entry.obsolete:
-          out.append((f"{os.path.relpath(path, root)}:{entry.msgid}", entry.msgid))
+          out.append((entry.msgid, entry.msgid))
     return out
   for path in sorted(glob.glob(f"{root}/**/locale/{locale}/LC_MESSAGES/*.po", recursive=True)):
-    de_path = path.replace(f"/locale/{locale}/", "/locale/de/")
     for entry in polib.pofile(path):
       if entry.obsolete or entry.fuzzy:
         continue
       text = entry.msgstr or (entry.msgstr_plural.get(0, "") if entry.msgstr_plural else "")
       if text:
-        out.append((f"{os.path.relpath(de_path, root)}:{entry.msgid}", text))
+        out.append((entry.msgid, text))
+  return out
+
+
+def _cldr_tables(loc) -> dict[str, str]:
+  """Flat CLDR id → localized name: territories, languages, scripts, currencies, zones, dates."""
+  out = {}
+  for table_name in ("territories", "languages", "scripts", "currencies"):
+    for key, name in getattr(loc, table_name).items():
+      out[f"{table_name}:{key}"] = name
+  for zone, names in loc.meta_zones.items():
+    for kind, name in names.get("long", {}).items():
+      out[f"zone:{zone}:{kind}"] = name
+  for key, name in loc.months["format"]["wide"].items():
+    out[f"month:{key}"] = name
+  for key, name in loc.days["format"]["wide"].items():
+    out[f"day:{key}"] = name
   return out
 
 
 def _cldr_messages(locale: str) -> list[tuple[str, str]]:
-  """(key, localized name) pairs from CLDR: territories, languages, scripts, ..."""
+  """(English name, localized name) pairs from CLDR, in a fixed order."""
   import babel
-  loc = babel.Locale.parse(locale)
-  out = []
-  for table_name in ("territories", "languages", "scripts", "currencies"):
-    table = getattr(loc, table_name)
-    for key in sorted(table):
-      out.append((f"cldr:{table_name}:{key}", table[key]))
-  for zone, names in sorted(loc.meta_zones.items()):
-    for kind, name in sorted(names.get("long", {}).items()):
-      out.append((f"cldr:zone:{zone}:{kind}", name))
-  for width in ("wide",):
-    for key, name in sorted(loc.months["format"][width].items()):
-      out.append((f"cldr:month:{key}", name))
-    for key, name in sorted(loc.days["format"][width].items()):
-      out.append((f"cldr:day:{key}", name))
-  return out
+  english = _cldr_tables(babel.Locale.parse("en"))
+  local = _cldr_tables(babel.Locale.parse(locale))
+  return [(english[key], local[key]) for key in sorted(local) if key in english]
 
 
 def build_demo_corpus(out_dir: str) -> dict:
@@ -96,8 +101,14 @@ def build_demo_corpus(out_dir: str) -> dict:
       cldr_locale = locale.replace("zh_Hans", "zh_Hans_CN")
       messages = _django_messages(locale) + _cldr_messages(cldr_locale)
       split = {"train": [], "eval": []}
+      seen = {"train": set(), "eval": set()}
       for key, text in messages:
-        split["eval" if _held_out(key) else "train"].append(" ".join(text.split()))
+        text = " ".join(text.split())
+        name = "eval" if _held_out(key) else "train"
+        if text and text not in seen[name]:
+          seen[name].add(text)
+          split[name].append(text)
+      split["train"] = [t for t in split["train"] if t not in seen["eval"]]
       for name, handle in (("train", train_f), ("eval", eval_f)):
         texts = split[name]
         for start in range(0, len(texts), MESSAGES_PER_DOC):

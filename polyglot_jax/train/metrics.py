@@ -64,8 +64,11 @@ class JsonlWriter:
   def write_hparams(self, hparams): pass
 
 
-def make_writer(workdir: str):
-  """clu MultiWriter: TensorBoard + metrics.jsonl on process 0; nothing on the others.
+def make_writer(workdir: str, kind: str = "train"):
+  """clu MultiWriter: TensorBoard + JSONL on process 0; nothing on the others.
+
+  ``kind`` train writes ``metrics.jsonl`` and ``tensorboard/train``; eval
+  writes ``eval_metrics.jsonl`` and ``tensorboard/eval``.
 
   clu's writers import TensorFlow, so they are imported here, not at module
   load (benchmarks and tests that write no metrics never load TensorFlow).
@@ -76,8 +79,8 @@ def make_writer(workdir: str):
     return metric_writers.MultiWriter([])
   _keep_tensorflow_off_accelerators()
   return metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")),
-      JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+      metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard", kind)),
+      JsonlWriter(os.path.join(workdir, "metrics.jsonl" if kind == "train" else f"{kind}_metrics.jsonl")),
   ])
 
 
@@ -97,18 +100,28 @@ def _py(v: Any) -> Any:
   return v
 
 
+class MatmulCeiling:
+  """FLOP/s of a jit'd float32 n×n matmul on the default device."""
+
+  def __init__(self, n: int = 4096):
+    self.n = n
+    self.a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    self.b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    self.f = jax.jit(lambda x, y: x @ y)
+    self.f(self.a, self.b).block_until_ready()
+
+  def measure(self, repeats: int = 5) -> float:
+    """Median FLOP/s over ``repeats`` matmuls."""
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      self.f(self.a, self.b).block_until_ready()
+      times.append(time.perf_counter() - t)
+    return 2.0 * self.n ** 3 / float(np.median(times))
+
+
 def measure_matmul_flops(n: int = 4096, repeats: int = 5) -> float:
-  """FLOP/s of a jit'd float32 n×n matmul on the default device (median of repeats)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(lambda x, y: x @ y)
-  f(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2.0 * n ** 3 / float(np.median(times))
+  return MatmulCeiling(n).measure(repeats)
 
 
 def peak_flops(configured_per_device: float) -> tuple[float, str]:

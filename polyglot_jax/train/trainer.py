@@ -130,7 +130,7 @@ def build(config: ConfigDict, num_languages: int, mesh=None) -> Setup:
       ((loss_sum, weight, sums), grads), _ = jax.lax.scan(body, init, micro)
     denom = jnp.maximum(weight, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, trainable)
     new_trainable = optax.apply_updates(trainable, updates)
     ok = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
@@ -209,17 +209,31 @@ def evaluate(setup: Setup, params, batches, languages) -> dict[str, float]:
 
 
 def maybe_initialize_distributed() -> None:
-  """Joins the multi-controller runtime when launched as one of several processes."""
+  """Joins the multi-controller runtime when this is one of several processes.
+
+  On a multi-host TPU slice every worker sees TPU_WORKER_HOSTNAMES (a comma
+  list) and jax finds the coordinator itself; elsewhere set
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
   if jax.distributed.is_initialized():
     return
   env = os.environ
-  if any(k in env for k in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")):
-    if env.get("TPU_WORKER_HOSTNAMES", "localhost") not in ("", "localhost") or "JAX_COORDINATOR_ADDRESS" in env:
-      jax.distributed.initialize()
+  if "JAX_COORDINATOR_ADDRESS" in env and "JAX_NUM_PROCESSES" in env:
+    if env.get("JAX_PLATFORMS") == "cpu":  # CPU processes talk through gloo.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]),
+                               int(env["JAX_PROCESS_ID"]))
+  elif "JAX_COORDINATOR_ADDRESS" in env or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+    jax.distributed.initialize()
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
-  """Trains per config in workdir (resuming from its checkpoints); returns a summary."""
+  """Trains per config in workdir, resuming from its checkpoints.
+
+  Returns:
+    summary: final ``step`` and ``state``, ``compile_seconds``, ``skipped_steps``,
+    and per-language held-out loss ``eval_before`` / ``eval_after``.
+  """
   maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -273,7 +287,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     before = json.load(open(before_path)) if os.path.exists(before_path) else None
 
   # ---- Loop.
-  writer = metrics_lib.make_writer(workdir)
+  writer = metrics_lib.make_writer(workdir, "train")
+  eval_writer = metrics_lib.make_writer(workdir, "eval")
   schedule = learning_rate_schedule(config.optimizer, total_steps)
   peak, peak_source = metrics_lib.peak_flops(config.metrics.peak_flops_per_device)
   flops_per_token = train_flops_per_token(setup.model_cfg, config.data.seq_len)
@@ -293,6 +308,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     while step < total_steps:
       if preempted["flag"] or ckpt.manager.reached_preemption(step):
         stop_reason = "preempted"
+        break
+      if config.train.stop_after_steps and step >= config.train.stop_after_steps:
+        stop_reason = "stop_after_steps"
         break
       batch = global_batch(setup, next(train_batches))
       state, step_metrics = compiled_step(state, batch)
@@ -321,7 +339,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         t_window, last_logged = time.perf_counter(), step
       if held_out and config.train.eval_every_steps and step % config.train.eval_every_steps == 0 \
           and step != total_steps:
-        _write_eval(writer, step, evaluate(setup, state.params, held_out, languages))
+        _write_eval(eval_writer, step, evaluate(setup, state.params, held_out, languages))
       ckpt.save(step, state, train_batches.get_state(), meta)
     if pending is not None:
       _absorb(window, *pending, max_skips=config.optimizer.max_consecutive_skips)
@@ -334,16 +352,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
   ckpt.save(step, state, train_batches.get_state(), meta, force=True)
   ckpt.close()
-  if stop_reason == "preempted":
+  if stop_reason:
     writer.close()
-    print(f"stopped by SIGTERM at step {step}; checkpoint saved, rerun the same command to resume", flush=True)
-    return {"step": step, "preempted": True}
+    eval_writer.close()
+    why = "SIGTERM" if stop_reason == "preempted" else "train.stop_after_steps"
+    print(f"stopped by {why} at step {step}; checkpoint saved, rerun the same command to resume", flush=True)
+    return {"step": step, "stopped": stop_reason, "state": state}
 
-  summary = {"step": step, "compile_seconds": compile_seconds,
+  summary = {"step": step, "state": state, "compile_seconds": compile_seconds,
              "skipped_steps": int(jax.device_get(state.skipped_steps))}
   if held_out:
     after = evaluate(setup, state.params, held_out, languages)
-    _write_eval(writer, step, after)
+    _write_eval(eval_writer, step, after)
     summary.update(eval_before=before, eval_after=after)
     if is_main:
       with open(os.path.join(workdir, "eval_results.json"), "w") as f:
@@ -351,6 +371,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       print("\nheld-out loss and perplexity per language (before → after training)", flush=True)
       print(metrics_lib.language_table(languages, before, after), flush=True)
   writer.close()
+  eval_writer.close()
   return summary
 
 
