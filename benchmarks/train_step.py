@@ -6,9 +6,11 @@ Builds the real train step (same code as ``polyglot-jax train``) on random
 tokens, reports the first-step compile time, the median step time over
 ``--steps`` steps after one warm-up, tokens/s, and MFU. On CPU the MFU peak is
 the float32 matmul ceiling measured in this process (a jit'd 4096×4096
-matmul), timed right after every train step: a shared machine's speed drifts,
-so MFU is the median over steps of (step FLOP/s ÷ the ceiling measured next
-to it). On GPU/TPU the peak is the datasheet bf16 peak (or --peak_flops).
+matmul), sampled before the steps and again after every step; MFU divides
+the median step's FLOP/s by the *highest* ceiling seen in the run, so a
+slow moment of a shared machine cannot inflate it (the per-sample figures
+are in the JSON). On GPU/TPU the peak is the datasheet bf16 peak (or
+--peak_flops).
 Prints a table and writes JSON (default benchmarks/results/train_step.json).
 """
 
@@ -46,6 +48,7 @@ def main(argv=None) -> dict:
   peak, peak_source = (args.peak_flops, "given") if args.peak_flops else \
       metrics_lib.peak_flops(config.metrics.peak_flops_per_device)
   measure_ceiling = peak_source.startswith("measured")
+  ceilings = [peak] if measure_ceiling else []
   if measure_ceiling:
     ceiling = metrics_lib.MatmulCeiling()
   setup = build(config, num_languages=1)
@@ -67,22 +70,19 @@ def main(argv=None) -> dict:
   jax.block_until_ready(m)
   tokens_per_step = d.global_batch_size * d.seq_len
   flops_per_token = train_flops_per_token(setup.model_cfg, d.seq_len)
-  times, ratios, ceilings = [], [], []
+  times = []
   for _ in range(args.steps):
     t = time.perf_counter()
     state, m = compiled(state, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
     if measure_ceiling:
-      ceilings.append(ceiling.measure(repeats=1))
-      ratios.append(tokens_per_step * flops_per_token / times[-1] / ceilings[-1])
+      ceilings.append(ceiling.measure(repeats=3))
   step_s = float(np.median(times))
   tokens_per_s = tokens_per_step / step_s
   if measure_ceiling:
-    peak = float(np.median(ceilings))
-    mfu = float(np.median(ratios))
-  else:
-    mfu = tokens_per_s * flops_per_token / peak if peak else float("nan")
+    peak = float(np.max(ceilings))
+  mfu = tokens_per_s * flops_per_token / peak if peak else float("nan")
   result = {
       "config": args.config, "overrides": overrides, "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(), "machine": platform.machine(),
@@ -90,7 +90,8 @@ def main(argv=None) -> dict:
       "compile_s": compile_s, "median_step_s": step_s, "min_step_s": float(np.min(times)),
       "tokens_per_s": tokens_per_s, "train_flops_per_token": flops_per_token,
       "achieved_flops_per_s": tokens_per_s * flops_per_token, "peak_flops_per_s": peak,
-      "peak_source": peak_source, "mfu": mfu, "ceilings_flops_per_s": ceilings, "step_times_s": times, "loss": float(m["loss"]), "steps_timed": args.steps,
+      "peak_source": peak_source, "mfu": mfu, "ceilings_flops_per_s": ceilings, "step_times_s": times,
+      "loss": float(m["loss"]), "steps_timed": args.steps,
   }
   print(f"{'metric':<24}{'value':>20}")
   for key in ("params_M", "compile_s", "median_step_s", "tokens_per_s", "achieved_flops_per_s",

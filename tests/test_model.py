@@ -118,3 +118,30 @@ def test_scan_and_unrolled_agree():
 def test_bad_model_config_is_a_clear_error():
   with pytest.raises(ValueError, match="num_heads=6 is not a multiple of config.model.num_kv_heads=4"):
     ModelConfig(vocab_size=8, d_model=24, num_layers=1, num_heads=6, num_kv_heads=4, head_dim=0, mlp_dim=8)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  tokens = jnp.asarray(np.random.default_rng(5).integers(0, 97, (2, 8)))
+  _, f32 = make_model()
+  _, bf16 = make_model(dtype="bfloat16")
+  with one_device():
+    a = np.asarray(f32(tokens))
+    b = bf16(tokens)
+  assert b.dtype == jnp.float32  # Logits come out in float32 for the loss.
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+  np.testing.assert_allclose(np.asarray(b), a, atol=0.05)
+  assert not np.array_equal(np.asarray(b), a)  # It really computed in bfloat16.
+
+
+def test_flops_formula_matches_the_compiler_count():
+  """Forward FLOPs per token from the formula vs XLA's own count of the compiled forward."""
+  from polyglot_jax.models.flops import forward_flops_per_token
+  cfg, model = make_model(vocab_size=512, d_model=64, mlp_dim=128, attention_block=0, scan_layers=False)
+  tokens = jnp.zeros((2, 32), jnp.int32)
+  with one_device():
+    graphdef, params = nnx.split(model)
+    compiled = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t)).lower(params, tokens).compile()
+  xla_flops = compiled.cost_analysis()["flops"]
+  ours = forward_flops_per_token(cfg, 32) * tokens.size
+  # XLA also counts elementwise work (norms, softmax, RoPE); matmuls dominate.
+  assert abs(ours - xla_flops) < 0.05 * xla_flops, (ours, xla_flops)

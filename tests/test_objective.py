@@ -99,3 +99,48 @@ def test_nan_guard_skips_the_update(make_config):
   state, m = setup.train_step(state, global_batch(setup, good))
   assert int(m["skipped_steps"]) == 1 and int(m["consecutive_skips"]) == 0
   assert np.isfinite(float(m["loss"]))
+
+
+class EmbeddingFrozenLM(lm.LanguageModelling):
+  """LM with the embedding frozen (tests the trainable/frozen split)."""
+
+  def trainable(self, path):
+    return path[0] != "embedding"
+
+
+register("embedding_frozen_lm")(EmbeddingFrozenLM)
+
+
+def test_frozen_parameters_get_no_optimizer_state_and_do_not_move(make_config):
+  config = make_config(objective="embedding_frozen_lm")
+  setup = build(config, 3, mesh=mesh_lib.make_mesh({"fsdp": 8}))
+  state = setup.init_fn()
+  opt_paths = {tuple(str(getattr(k, "key", k)) for k in path)
+               for path, _ in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]}
+  assert not any("embedding" in p for p in opt_paths)
+  assert any("q_proj" in p for p in opt_paths)
+  before = jax.device_get(state.params)
+  state, _ = setup.train_step(state, global_batch(setup, random_batch(config)))
+  after = jax.device_get(state.params)
+  np.testing.assert_array_equal(before["embedding"], after["embedding"])
+  assert not np.array_equal(before["final_norm"]["scale"], after["final_norm"]["scale"])
+
+
+def test_weight_decay_mask_spares_norms_and_biases():
+  from polyglot_jax.train.state import decay_mask
+  mask = decay_mask({"embedding": 0, "blocks": {"attn": {"q_proj": 0, "q_bias": 0}, "attn_norm": {"scale": 0}}})
+  assert mask == {"embedding": True, "blocks": {"attn": {"q_proj": True, "q_bias": False}, "attn_norm": {"scale": False}}}
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_learning_rate_schedules(make_config, schedule):
+  from polyglot_jax.train.state import learning_rate_schedule
+  opt = make_config(optimizer__schedule=schedule, optimizer__learning_rate=1.0, optimizer__warmup_steps=10,
+                    optimizer__end_lr_ratio=0.1).optimizer
+  lr = learning_rate_schedule(opt, 110)
+  np.testing.assert_allclose(float(lr(0)), 0.0, atol=1e-7)
+  np.testing.assert_allclose(float(lr(5)), 0.5, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(10)), 1.0, rtol=1e-6)
+  expected_mid = {"cosine": 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.5)), "linear": 0.55, "constant": 1.0}[schedule]
+  np.testing.assert_allclose(float(lr(60)), expected_mid, rtol=1e-5)
+  np.testing.assert_allclose(float(lr(110)), {"constant": 1.0}.get(schedule, 0.1), rtol=1e-5)
