@@ -46,7 +46,7 @@ def test_lm_objective_loss_and_z_loss_match_numpy(make_config):
   w = batch["loss_weights"]
   with mesh_lib.activate(setup.mesh, config.logical_axis_rules):
     model = nnx.merge(setup.graphdef, state.params)
-    loss_sum, weight, sums = setup.objective.loss_sums(model, jax.tree.map(jnp.asarray, batch))
+    loss_sum, weight, sums = setup.objective.loss_sums(model, jax.tree.map(jnp.asarray, batch), jax.random.PRNGKey(0))
   np.testing.assert_allclose(float(weight), w.sum())
   np.testing.assert_allclose(float(sums["ce_sum"]), (ce * w).sum(), rtol=1e-5)
   np.testing.assert_allclose(float(loss_sum), (ce * w).sum() + 1e-2 * (log_z ** 2 * w).sum(), rtol=1e-5)
@@ -76,8 +76,8 @@ POISON = 7  # A batch whose first input token is this gets a NaN loss.
 class PoisonedLM(lm.LanguageModelling):
   """LM loss, NaN on batches that start with token POISON (tests only)."""
 
-  def loss_sums(self, model, batch):
-    loss_sum, weight, sums = super().loss_sums(model, batch)
+  def loss_sums(self, model, batch, rng):
+    loss_sum, weight, sums = super().loss_sums(model, batch, rng)
     poisoned = batch["inputs"][0, 0] == POISON
     return jnp.where(poisoned, jnp.nan, loss_sum), weight, sums
 

@@ -113,8 +113,8 @@ def test_nan_guard_stops_after_k_in_a_row(make_config, tmp_path):
   from polyglot_jax.objectives import lm
 
   class AlwaysNaN(lm.LanguageModelling):
-    def loss_sums(self, model, batch):
-      loss_sum, weight, sums = super().loss_sums(model, batch)
+    def loss_sums(self, model, batch, rng):
+      loss_sum, weight, sums = super().loss_sums(model, batch, rng)
       return loss_sum * np.nan, weight, sums
 
   from polyglot_jax.objectives.base import register

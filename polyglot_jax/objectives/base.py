@@ -41,8 +41,13 @@ class Objective:
     del path
     return True
 
-  def loss_sums(self, model, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Returns (loss_sum to differentiate, normaliser, additive metric sums)."""
+  def loss_sums(self, model, batch: Mapping[str, jax.Array],
+                rng: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Returns (loss_sum to differentiate, normaliser, additive metric sums).
+
+    ``rng`` is this micro-batch's PRNG key (from the train state, so resumed
+    runs draw the same numbers); deterministic objectives ignore it.
+    """
     raise NotImplementedError  # Abstract: every registered objective overrides it.
 
 

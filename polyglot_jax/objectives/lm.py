@@ -20,7 +20,8 @@ def token_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array):
 class LanguageModelling(Objective):
   batch_fields = ("inputs", "targets", "loss_weights", "segment_ids", "positions", "lang_ids")
 
-  def loss_sums(self, model, batch):
+  def loss_sums(self, model, batch, rng):
+    del rng  # Deterministic.
     logits = model(batch["inputs"], batch["segment_ids"], batch["positions"])
     ce_BxL, log_z_BxL = token_cross_entropy(logits, batch["targets"])
     weights_BxL = batch["loss_weights"].astype(jnp.float32)

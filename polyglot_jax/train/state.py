@@ -23,6 +23,7 @@ class TrainState:
   step: jax.Array  # Batches consumed (skipped non-finite steps included).
   params: Params  # Every parameter, trainable and frozen.
   opt_state: Any  # Optimizer state of the trainable parameters only.
+  rng: jax.Array  # Raw PRNG key; split every step and handed to the objective.
   skipped_steps: jax.Array  # Non-finite updates skipped so far.
   consecutive_skips: jax.Array  # Non-finite updates in a row (reset by a good one).
 

@@ -80,7 +80,8 @@ def build(config: ConfigDict, num_languages: int, mesh=None) -> Setup:
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     trainable, _ = split_params(params, objective.trainable)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(trainable),
-                      skipped_steps=jnp.zeros((), jnp.int32), consecutive_skips=jnp.zeros((), jnp.int32))
+                      rng=jax.random.PRNGKey(seed + 1), skipped_steps=jnp.zeros((), jnp.int32),
+                      consecutive_skips=jnp.zeros((), jnp.int32))
 
   with mesh_lib.activate(mesh, rules):
     abstract_model = nnx.eval_shape(lambda: Decoder(model_cfg, nnx.Rngs(params=seed)))
@@ -96,38 +97,40 @@ def build(config: ConfigDict, num_languages: int, mesh=None) -> Setup:
       optimizer, lambda _, sharding: sharding, abstract_state.opt_state, train_shardings,
       transform_non_params=lambda _: replicated)
   state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
-                               skipped_steps=replicated, consecutive_skips=replicated)
+                               rng=replicated, skipped_steps=replicated, consecutive_skips=replicated)
   abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 abstract_state, state_shardings)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   accum = config.optimizer.grad_accum_steps
 
-  def loss_fn(trainable, frozen, micro):
+  def loss_fn(trainable, frozen, micro, rng):
     model = nnx.merge(graphdef, join_params(trainable, frozen))
-    loss_sum, weight, sums = objective.loss_sums(model, micro)
+    loss_sum, weight, sums = objective.loss_sums(model, micro, rng)
     return loss_sum, (weight, sums)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     trainable, frozen = split_params(state.params, objective.trainable)
+    next_rng, step_rng = jax.random.split(state.rng)
     if accum == 1:
-      (loss_sum, (weight, sums)), grads = grad_fn(trainable, frozen, batch)
+      (loss_sum, (weight, sums)), grads = grad_fn(trainable, frozen, batch, step_rng)
     else:
       # Micro-batch m takes rows m, m+A, m+2A...: the batch dim keeps its
       # (data, fsdp) sharding and every device works on every micro-batch.
       micro = jax.tree.map(
           lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1), batch)
 
-      def body(carry, mb):
+      micro_rngs = jax.random.split(step_rng, accum)
+
+      def body(carry, xs):
         (l, w, s), g = carry
-        (l_i, (w_i, s_i)), g_i = grad_fn(trainable, frozen, mb)
+        (l_i, (w_i, s_i)), g_i = grad_fn(trainable, frozen, *xs)
         return ((l + l_i, w + w_i, jax.tree.map(jnp.add, s, s_i)), jax.tree.map(jnp.add, g, g_i)), None
 
-      zeros_sums = jax.eval_shape(lambda: grad_fn(trainable, frozen, jax.tree.map(lambda x: x[0], micro)))
-      init = ((jnp.zeros(()), jnp.zeros(()), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros_sums[0][1][1])),
-              jax.tree.map(jnp.zeros_like, trainable))
-      ((loss_sum, weight, sums), grads), _ = jax.lax.scan(body, init, micro)
+      shapes = jax.eval_shape(grad_fn, trainable, frozen, jax.tree.map(lambda x: x[0], micro), micro_rngs[0])
+      init = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), ((shapes[0][0], *shapes[0][1]), shapes[1]))
+      ((loss_sum, weight, sums), grads), _ = jax.lax.scan(body, init, (micro, micro_rngs))
     denom = jnp.maximum(weight, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     grad_norm = optax.tree.norm(grads)
@@ -139,7 +142,7 @@ def build(config: ConfigDict, num_languages: int, mesh=None) -> Setup:
     skipped = (~ok).astype(jnp.int32)
     new_state = TrainState(
         step=state.step + 1, params=join_params(new_trainable, frozen), opt_state=new_opt_state,
-        skipped_steps=state.skipped_steps + skipped,
+        rng=next_rng, skipped_steps=state.skipped_steps + skipped,
         consecutive_skips=jnp.where(ok, 0, state.consecutive_skips + 1))
     out = dict(sums)
     out.update(weight=weight, loss=loss_sum / denom, grad_norm=grad_norm,
@@ -148,7 +151,7 @@ def build(config: ConfigDict, num_languages: int, mesh=None) -> Setup:
 
   def eval_step(params, batch):
     trainable, frozen = split_params(params, objective.trainable)
-    _, (weight, sums) = loss_fn(trainable, frozen, batch)
+    _, (weight, sums) = loss_fn(trainable, frozen, batch, jax.random.PRNGKey(0))
     return {"lang_loss_sum": sums["lang_loss_sum"], "lang_weight": sums["lang_weight"], "weight": weight}
 
   batch_shardings = {k: batch_sharding for k in FIELDS}
