@@ -19,6 +19,8 @@ def get_config():
   config.data.source = "demo"
   config.data.seq_len = 256
   config.data.global_batch_size = 8
+  config.data.mixture.method = "temperature"  # p ∝ tokens^0.3, as in mT5.
+  config.data.mixture.alpha = 0.3
   m = config.model
   m.vocab_size = 4096
   m.d_model = 192

@@ -2,6 +2,7 @@
 
     polyglot-jax train --config configs/demo.py --workdir DIR [--config.a.b=v ...]
     polyglot-jax train --gin_file gin/demo.gin --workdir DIR [--gin_bindings 'model.num_layers=4']
+    polyglot-jax data mixture --config configs/demo.py [--workdir DIR] [--config.data.mixture.method=unimax]
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import logging
 import sys
 
-USAGE = "polyglot-jax <command> [flags]; commands: train"
+USAGE = "polyglot-jax <command> [flags]; commands: train, data mixture"
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -56,7 +57,13 @@ def _train(argv: list[str]) -> int:
   return 0
 
 
-COMMANDS = {"train": _train}
+def _data(argv: list[str]) -> int:
+  from polyglot_jax.data import commands
+  rest, overrides = _split_config_overrides(argv)
+  return commands.main(rest, overrides)
+
+
+COMMANDS = {"train": _train, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

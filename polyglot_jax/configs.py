@@ -89,6 +89,11 @@ def default_config() -> ConfigDict:
   c.data.shuffle_seed = 0  # Seed of the document and row order.
   c.data.demo_dir = ""  # Where the demo corpus and tokenizer are built; empty: WORKDIR/demo_data.
   c.data.eval_max_rows = 0  # Cap on held-out rows per language; 0 means all.
+  c.data.mixture = ConfigDict()  # How often each language is sampled (data/mixing.py).
+  c.data.mixture.method = "proportional"  # proportional | temperature | unimax | weights.
+  c.data.mixture.alpha = 0.3  # temperature: p ∝ tokens^alpha (mT5: 0.3).
+  c.data.mixture.max_epochs = 1.0  # unimax: no language repeats more often than this.
+  c.data.mixture.weights = ()  # weights: (("eng", 1.0), ("swa", 3.0), ...); unlisted languages get 0.
 
   c.optimizer = ConfigDict()
   c.optimizer.learning_rate = 3e-4  # Peak learning rate.
@@ -249,6 +254,8 @@ def validate(config: ConfigDict) -> None:
     raise ConfigError(f"config.optimizer.schedule='{config.optimizer.schedule}'; use cosine, linear or constant")
   if m.d_model % m.num_heads and m.head_dim <= 0:
     raise ConfigError(f"config.model.d_model={m.d_model} is not divisible by num_heads={m.num_heads}; set model.head_dim")
+  if d.mixture.method not in ("proportional", "temperature", "unimax", "weights"):
+    raise ConfigError(f"config.data.mixture.method='{d.mixture.method}'; use proportional, temperature, unimax or weights")
   if d.source not in ("jsonl", "demo"):
     raise ConfigError(f"config.data.source='{d.source}'; use jsonl or demo")
 

@@ -2,7 +2,8 @@
 
 Every section of ``default_config()`` is a gin configurable of the same name
 whose parameters are that section's fields, so ``model.num_layers = 4`` in a
-gin file sets ``config.model.num_layers``; top-level fields belong to the
+gin file sets ``config.model.num_layers`` and ``data.mixture.alpha = 0.3``
+sets the nested ``config.data.mixture.alpha``; top-level fields belong to the
 configurable ``experiment``. A gin file resolves to exactly the ConfigDict its
 ml_collections twin builds (tests/test_config.py checks gin/demo.gin against
 configs/demo.py), and then goes through the same validation.
@@ -21,17 +22,29 @@ from polyglot_jax import configs as config_lib
 _REGISTERED: dict[str, type] = {}
 
 
+def _register(path: str, section: ConfigDict) -> None:
+  """Registers ``section`` (at dotted ``path``) and its nested sections with gin."""
+  fields = []
+  for key, value in section.items():
+    if isinstance(value, ConfigDict):
+      _register(f"{path}.{key}", value)
+    else:
+      fields.append((key, type(value), dataclasses.field(default=value)))
+  parts = path.split(".")
+  cls = dataclasses.make_dataclass(f"{'_'.join(parts)}_section", fields, frozen=True)
+  module = ".".join(["polyglot_jax"] + parts[:-1])
+  _REGISTERED[path] = gin.external_configurable(cls, name=parts[-1], module=module)
+
+
 def _section_classes() -> dict[str, type]:
-  """One dataclass per config section, registered with gin once."""
+  """One dataclass per config section (nested ones too), registered with gin once."""
   if _REGISTERED:
     return _REGISTERED
   base = config_lib.default_config()
   top_fields = []
   for name, value in base.items():
     if isinstance(value, ConfigDict):
-      fields = [(k, type(v), dataclasses.field(default=v)) for k, v in value.items()]
-      cls = dataclasses.make_dataclass(f"{name}_section", fields, frozen=True)
-      _REGISTERED[name] = gin.external_configurable(cls, name=name, module="polyglot_jax")
+      _register(name, value)
     else:
       top_fields.append((name, type(value), dataclasses.field(default=value)))
   cls = dataclasses.make_dataclass("experiment_section", top_fields, frozen=True)

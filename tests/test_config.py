@@ -59,6 +59,7 @@ def test_durations():
 def test_gin_file_resolves_to_its_ml_collections_twin():
   from_gin = gin_config.config_from_gin([os.path.join(REPO, "gin", "demo.gin")])
   assert from_gin.to_dict() == demo_config().to_dict()
+  assert from_gin.data.mixture.method == "temperature"  # A nested section, bound from gin.
   changed = gin_config.config_from_gin([os.path.join(REPO, "gin", "demo.gin")], ["model.num_layers = 2"])
   assert changed.model.num_layers == 2
 

@@ -26,38 +26,60 @@ def test_packing_fields():
   assert (rows["lang_ids"][1] == 2).all()
 
 
-def _rows(n, seq_len=4):
+def _rows(n, seq_len=4, num_langs=2):
+  """n rows; row r holds the values r*seq_len..., in language r % num_langs."""
   base = np.arange(n * seq_len, dtype=np.int32).reshape(n, seq_len)
-  return {k: base.copy() for k in ("inputs", "targets", "loss_weights", "segment_ids", "positions", "lang_ids")}
+  rows = {k: base.copy() for k in ("inputs", "targets", "loss_weights", "segment_ids", "positions")}
+  rows["lang_ids"] = np.repeat((np.arange(n) % num_langs)[:, None], seq_len, 1).astype(np.int32)
+  return rows
 
 
 def test_batches_are_deterministic_and_resume_exactly():
-  it = PackedBatches(_rows(10), global_batch_size=4, seed=3)
+  make = lambda: PackedBatches(_rows(10), [0.3, 0.7], global_batch_size=4, seed=3)
+  it = make()
   straight = [next(it)["inputs"] for _ in range(7)]
-  resumed = PackedBatches(_rows(10), global_batch_size=4, seed=3)
+  resumed = make()
   for _ in range(3):
     next(resumed)
-  state = resumed.get_state()
-  again = PackedBatches(_rows(10), global_batch_size=4, seed=3)
-  again.set_state(json.loads(json.dumps(state)))
+  state = json.loads(json.dumps(resumed.get_state()))
+  again = make()
+  again.set_state(state)
   for i in range(3, 7):
     np.testing.assert_array_equal(next(again)["inputs"], straight[i])
 
 
-def test_every_row_once_per_epoch_and_hosts_do_not_overlap():
-  hosts = [PackedBatches(_rows(12), global_batch_size=4, seed=0, process_index=p, process_count=2) for p in range(2)]
-  seen = []
-  for _ in range(3):  # 3 steps × 4 rows = one epoch of 12 rows.
-    parts = [next(h)["inputs"][:, 0] for h in hosts]
-    assert not set(parts[0]) & set(parts[1])
-    seen.extend(np.concatenate(parts))
-  assert sorted(seen) == list(range(0, 48, 4))
+def test_languages_follow_the_rates_and_each_walks_all_its_rows():
+  it = PackedBatches(_rows(40, num_langs=2), [0.25, 0.75], global_batch_size=8, seed=0)
+  langs, firsts = [], []
+  for _ in range(50):
+    batch = next(it)
+    langs.extend(batch["lang_ids"][:, 0])
+    firsts.extend(batch["inputs"][:, 0] // 4)
+  share = np.mean(np.asarray(langs) == 1)
+  assert abs(share - 0.75) < 0.05
+  # Language 0's first 20 draws are a permutation of its 20 rows (one epoch).
+  lang0_rows = [r for r, lang in zip(firsts, langs) if lang == 0][:20]
+  assert sorted(lang0_rows) == list(range(0, 40, 2))
+
+
+def test_hosts_take_disjoint_slices_of_one_global_batch():
+  whole = PackedBatches(_rows(64), [0.5, 0.5], global_batch_size=8, seed=1)
+  hosts = [PackedBatches(_rows(64), [0.5, 0.5], 8, seed=1, process_index=p, process_count=2) for p in range(2)]
+  for _ in range(3):
+    expected = next(whole)["inputs"]
+    parts = [next(h)["inputs"] for h in hosts]
+    np.testing.assert_array_equal(np.concatenate(parts), expected)
 
 
 def test_iterator_state_from_other_data_is_refused():
-  it = PackedBatches(_rows(10), 4, 0)
+  it = PackedBatches(_rows(10), [0.5, 0.5], 4, 0)
   with pytest.raises(DataError, match="over 12 rows in batches of 4"):
-    it.set_state({"step": 1, "seed": 0, "num_rows": 12, "global_batch_size": 4})
+    it.set_state({"step": 1, "seed": 0, "num_rows": 12, "global_batch_size": 4, "draws": 4, "consumed": [2, 2]})
+
+
+def test_a_language_with_a_rate_but_no_rows_is_named():
+  with pytest.raises(DataError, match="language id 2 has mixture rate 0.2 but no training rows"):
+    PackedBatches(_rows(10), [0.4, 0.4, 0.2], 4, 0)
 
 
 def test_bad_jsonl_lines_are_counted(tmp_path, caplog):

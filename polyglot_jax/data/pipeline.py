@@ -1,10 +1,8 @@
 """JSONL text → tokens → packed rows → resumable, per-host batches.
 
-The iterator is a pure function of (seed, step): the global batch of step s
-is a fixed set of packed rows (a fresh permutation every epoch), and each
-process reads only its own slice of it. Its state is therefore just the next
-step, which goes into every checkpoint; resuming replays nothing and skips
-nothing.
+Batches mix languages at the configured rates (data/mixing.py). The
+iterator is deterministic given its seed, and its state (a few integers)
+goes into every checkpoint; resuming replays nothing and skips nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from polyglot_jax.data import languages as langs
+from polyglot_jax.data.mixing import MixtureSampler
 from polyglot_jax.data.packing import FIELDS, pack_documents
 
 
@@ -88,9 +87,17 @@ def tokenize_and_pack(records, processor, language_ids: dict[str, int], seq_len:
 
 
 class PackedBatches:
-  """Deterministic, resumable batches over packed rows; this process's slice only."""
+  """Deterministic, resumable batches of packed rows, languages mixed at set rates.
 
-  def __init__(self, rows: dict[str, np.ndarray], global_batch_size: int, seed: int,
+  Each row holds one language. The language of every row slot is drawn by a
+  ``MixtureSampler`` from the mixture rates; the row itself is the next one
+  of that language's stream, which walks a fresh permutation of the
+  language's rows every epoch. Every process draws the whole global batch
+  (cheap: integers) and keeps its own slice, so hosts never overlap and the
+  state — draws so far and rows used per language — is the same everywhere.
+  """
+
+  def __init__(self, rows: dict[str, np.ndarray], rates: Sequence[float], global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1):
     self.rows = rows
     self.num_rows = len(rows["inputs"])
@@ -98,39 +105,49 @@ class PackedBatches:
       raise DataError("the training data packed into 0 rows; add text or lower data.seq_len")
     if global_batch_size % process_count:
       raise DataError(f"data.global_batch_size={global_batch_size} is not divisible by the {process_count} processes")
+    row_lang = rows["lang_ids"][:, 0]
+    self.streams = [np.flatnonzero(row_lang == lang) for lang in range(len(rates))]
+    for lang, (rate, stream) in enumerate(zip(rates, self.streams)):
+      if rate > 0 and len(stream) == 0:
+        raise DataError(f"language id {lang} has mixture rate {rate:.3g} but no training rows")
+    self.sampler = MixtureSampler({lang: float(r) for lang, r in enumerate(rates)}, seed)
+    self.consumed = np.zeros(len(rates), np.int64)
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
     self.process_index = process_index
     self.seed = seed
     self.step = 0
-    self._perm_epoch = -1
-    self._perm = None
+    self._perms: dict[tuple[int, int], np.ndarray] = {}
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch != self._perm_epoch:
-      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-      self._perm_epoch = epoch
-    return self._perm
-
-  def batch_at(self, step: int) -> dict[str, np.ndarray]:
-    start = step * self.global_batch_size + self.process_index * self.local_batch_size
-    index = np.empty(self.local_batch_size, np.int64)
-    for i in range(self.local_batch_size):
-      epoch, offset = divmod(start + i, self.num_rows)
-      index[i] = self._permutation(epoch)[offset]
-    return {k: self.rows[k][index] for k in FIELDS}
+  def _row(self, lang: int) -> int:
+    stream = self.streams[lang]
+    epoch, offset = divmod(int(self.consumed[lang]), len(stream))
+    key = (lang, epoch)
+    if key not in self._perms:
+      if len(self._perms) > 4 * len(self.streams):
+        self._perms.clear()
+      self._perms[key] = np.random.default_rng([self.seed, lang, epoch]).permutation(len(stream))
+    self.consumed[lang] += 1
+    return int(stream[self._perms[key][offset]])
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = self.batch_at(self.step)
+    index = np.asarray([self._row(self.sampler.next_index()) for _ in range(self.global_batch_size)])
+    mine = index[self.process_index * self.local_batch_size:(self.process_index + 1) * self.local_batch_size]
     self.step += 1
-    return batch
+    return {k: self.rows[k][mine] for k in FIELDS}
+
+  def epochs(self) -> np.ndarray:
+    """Passes over each language's rows so far."""
+    sizes = np.asarray([max(len(s), 1) for s in self.streams])
+    return self.consumed / sizes
 
   def get_state(self) -> dict:
     return {"step": self.step, "seed": self.seed, "num_rows": self.num_rows,
-            "global_batch_size": self.global_batch_size}
+            "global_batch_size": self.global_batch_size, "draws": self.sampler.index,
+            "consumed": [int(c) for c in self.consumed]}
 
   def set_state(self, state: dict) -> None:
     if state.get("num_rows") != self.num_rows or state.get("global_batch_size") != self.global_batch_size:
@@ -140,10 +157,8 @@ class PackedBatches:
           f"{self.global_batch_size}; resume with the same data and batch size or use a new workdir")
     self.step = int(state["step"])
     self.seed = int(state["seed"])
-
-  @property
-  def epochs_per_step(self) -> float:
-    return self.global_batch_size / self.num_rows
+    self.sampler.set_state({"index": state["draws"], "seed": self.seed})
+    self.consumed = np.asarray(state["consumed"], np.int64)
 
 
 def eval_batches(rows: dict[str, np.ndarray], batch_size: int, process_index: int = 0,

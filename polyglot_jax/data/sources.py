@@ -11,7 +11,9 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from polyglot_jax import configs as config_lib
 from polyglot_jax.data import languages as langs
+from polyglot_jax.data import mixing
 from polyglot_jax.data.packing import FIELDS
 from polyglot_jax.data.pipeline import DataError, expand_files, read_jsonl, tokenize_and_pack
 
@@ -20,9 +22,11 @@ from polyglot_jax.data.pipeline import DataError, expand_files, read_jsonl, toke
 class TextData:
   processor: object  # sentencepiece.SentencePieceProcessor
   languages: tuple[str, ...]  # lang_id → code
-  train_rows: dict[str, np.ndarray]
-  eval_rows: dict[str, np.ndarray]  # Every row holds one language (packed per language).
+  train_rows: dict[str, np.ndarray]  # Every row holds one language (packed per language).
+  eval_rows: dict[str, np.ndarray]  # Likewise.
   rejected: Counter
+  train_tokens: dict[str, int]  # Target tokens per language in the training rows.
+  rates: dict[str, float]  # Mixture sampling rate per language.
 
 
 def demo_paths(config: ConfigDict, workdir: str) -> tuple[str, str, str]:
@@ -81,17 +85,32 @@ def load_text_data(config: ConfigDict, workdir: str) -> TextData:
   if missing:
     raise DataError(f"the data has languages {missing} that config.data.languages={list(d.languages)} does not list; add them")
   empty = [code for code in languages if not any(lang == code for _, lang in train_records)]
-  if empty:
+  if empty and d.mixture.method != "weights":
     raise DataError(f"config.data.languages names {empty} but the training files have no text in them")
-  train_rows = tokenize_and_pack(train_records, processor, ids, d.seq_len)
-  # Held-out text is packed one language at a time, so each row is one language.
-  eval_parts = []
-  for code in languages:
-    part = tokenize_and_pack([r for r in eval_records if r[1] == code], processor, ids, d.seq_len)
-    if d.eval_max_rows:
-      part = {k: v[:d.eval_max_rows] for k, v in part.items()}
-    eval_parts.append(part)
-  eval_rows = {k: np.concatenate([p[k] for p in eval_parts]) for k in FIELDS} if eval_parts else {}
+  # Text is packed one language at a time, so each row is one language: the
+  # mixture then picks rows by language, and held-out loss splits cleanly.
+  train_rows = _pack_by_language(train_records, processor, ids, languages, d.seq_len, 0)
+  eval_rows = _pack_by_language(eval_records, processor, ids, languages, d.seq_len, d.eval_max_rows)
+  row_lang = train_rows["lang_ids"][:, 0]
+  train_tokens = {code: int(train_rows["loss_weights"][row_lang == i].sum()) for i, code in enumerate(languages)}
+  run_tokens = config_lib.resolve_steps(config) * d.global_batch_size * d.seq_len
+  try:
+    rates = mixing.rates_from_config(d.mixture, train_tokens, run_tokens)
+  except (mixing.MixtureError, langs.UnknownLanguageError) as e:
+    raise DataError(f"config.data.mixture: {e}") from None
   logging.info("data: %d languages, %d training rows, %d held-out rows of %d tokens",
                len(languages), len(train_rows["inputs"]), len(eval_rows.get("inputs", [])), d.seq_len)
-  return TextData(processor, languages, train_rows, eval_rows, rejected)
+  return TextData(processor, languages, train_rows, eval_rows, rejected, train_tokens, rates)
+
+
+def _pack_by_language(records, processor, ids, languages, seq_len: int, max_rows: int) -> dict[str, np.ndarray]:
+  parts = []
+  for code in languages:
+    part = tokenize_and_pack([r for r in records if r[1] == code], processor, ids, seq_len)
+    if max_rows:
+      part = {k: v[:max_rows] for k, v in part.items()}
+    parts.append(part)
+  if not parts:
+    return {}
+  rows = {k: np.concatenate([p[k] for p in parts]) for k in FIELDS}
+  return rows if len(rows["inputs"]) else {}

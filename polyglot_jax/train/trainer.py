@@ -248,8 +248,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   # ---- Data.
   data = load_text_data(config, workdir)
   languages = data.languages
-  train_batches = pipeline.PackedBatches(data.train_rows, config.data.global_batch_size,
-                                         config.data.shuffle_seed, jax.process_index(), jax.process_count())
+  train_batches = pipeline.PackedBatches(data.train_rows, [data.rates[lang] for lang in languages],
+                                         config.data.global_batch_size, config.data.shuffle_seed,
+                                         jax.process_index(), jax.process_count())
   held_out = pipeline.eval_batches(data.eval_rows, config.data.global_batch_size,
                                    jax.process_index(), jax.process_count()) if data.eval_rows else []
 
