@@ -3,6 +3,8 @@
     polyglot-jax train --config configs/demo.py --workdir DIR [--config.a.b=v ...]
     polyglot-jax train --gin_file gin/demo.gin --workdir DIR [--gin_bindings 'model.num_layers=4']
     polyglot-jax data mixture --config configs/demo.py [--workdir DIR] [--config.data.mixture.method=unimax]
+    polyglot-jax tokenizer train --input 'corpus/*.jsonl' --output tok/spm --vocab_size 32000 --alpha 0.3
+    polyglot-jax tokenizer report --tokenizer tok/spm.model --input parallel.jsonl --out tok/report
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import logging
 import sys
 
-USAGE = "polyglot-jax <command> [flags]; commands: train, data mixture"
+USAGE = "polyglot-jax <command> [flags]; commands: train, data mixture, tokenizer train|report"
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -63,7 +65,12 @@ def _data(argv: list[str]) -> int:
   return commands.main(rest, overrides)
 
 
-COMMANDS = {"train": _train, "data": _data}
+def _tokenizer(argv: list[str]) -> int:
+  from polyglot_jax.tokenizer import commands
+  return commands.main(argv)
+
+
+COMMANDS = {"train": _train, "data": _data, "tokenizer": _tokenizer}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,9 @@ from polyglot_jax.data.languages import UnknownLanguageError
 from polyglot_jax.data.pipeline import DataError
 from polyglot_jax.mesh import MeshError
 from polyglot_jax.train.checkpoint import CheckpointError
+from polyglot_jax.data.mixing import MixtureError
+from polyglot_jax.tokenizer.report import ReportError
 from polyglot_jax.train.trainer import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, MeshError, CheckpointError, TrainingError, UnknownLanguageError)
+USER_ERRORS = (ConfigError, DataError, MeshError, CheckpointError, TrainingError, UnknownLanguageError,
+               MixtureError, ReportError)

@@ -89,12 +89,16 @@ def _cldr_messages(locale: str) -> list[tuple[str, str]]:
 def build_demo_corpus(out_dir: str) -> dict:
   """Writes train.jsonl and eval.jsonl of {"text", "lang"} under ``out_dir``.
 
+  Also writes parallel.jsonl: held-out messages present in every demo
+  language, as {"id", "lang", "text"} (the input of ``tokenizer report``).
+
   Returns:
     stats: per language, documents and characters in train and eval.
   """
   os.makedirs(out_dir, exist_ok=True)
   stats: dict = defaultdict(lambda: {"train_docs": 0, "train_chars": 0, "eval_docs": 0, "eval_chars": 0})
   train_path, eval_path = os.path.join(out_dir, "train.jsonl"), os.path.join(out_dir, "eval.jsonl")
+  held_out_by_key: dict[str, dict[str, str]] = defaultdict(dict)
   with open(train_path + ".tmp", "w", encoding="utf-8") as train_f, \
        open(eval_path + ".tmp", "w", encoding="utf-8") as eval_f:
     for locale, code in DEMO_LOCALES.items():
@@ -105,6 +109,8 @@ def build_demo_corpus(out_dir: str) -> dict:
       for key, text in messages:
         text = " ".join(text.split())
         name = "eval" if _held_out(key) else "train"
+        if name == "eval" and text:
+          held_out_by_key[key].setdefault(code, text)
         if text and text not in seen[name]:
           seen[name].add(text)
           split[name].append(text)
@@ -116,6 +122,12 @@ def build_demo_corpus(out_dir: str) -> dict:
           handle.write(json.dumps({"text": doc, "lang": code}, ensure_ascii=False) + "\n")
           stats[code][f"{name}_docs"] += 1
           stats[code][f"{name}_chars"] += len(doc)
+  with open(os.path.join(out_dir, "parallel.jsonl"), "w", encoding="utf-8") as f:
+    for key, texts in sorted(held_out_by_key.items()):
+      if len(texts) == len(DEMO_LOCALES):
+        key_id = f"{zlib.crc32(key.encode('utf-8')):08x}"
+        for code, text in sorted(texts.items()):
+          f.write(json.dumps({"id": key_id, "lang": code, "text": text}, ensure_ascii=False) + "\n")
   os.replace(train_path + ".tmp", train_path)
   os.replace(eval_path + ".tmp", eval_path)
   stats = dict(stats)

@@ -74,7 +74,8 @@ def train_sentencepiece(records: Sequence[tuple[str, str]], model_prefix: str, v
     f.write("\n".join(lines))
     text_path = f.name
   try:
-    spm.SentencePieceTrainer.train(
+    _train_or_explain(
+        spm,
         input=text_path, model_prefix=model_prefix, vocab_size=vocab_size, model_type=model_type,
         character_coverage=character_coverage, byte_fallback=byte_fallback, split_digits=True,
         num_threads=num_threads, input_sentence_size=2_000_000, shuffle_input_sentence=True,
@@ -82,3 +83,21 @@ def train_sentencepiece(records: Sequence[tuple[str, str]], model_prefix: str, v
   finally:
     os.unlink(text_path)
   return model_prefix + ".model"
+
+
+def _train_or_explain(spm, **kwargs) -> None:
+  """Runs the SentencePiece trainer; its known refusals become one-line DataErrors."""
+  from polyglot_jax.data.pipeline import DataError
+  try:
+    spm.SentencePieceTrainer.train(**kwargs)
+  except RuntimeError as e:
+    message = str(e)
+    if "Vocabulary size is smaller than required_chars" in message:
+      needed = message.split("vs")[-1].split(".")[0].strip()
+      raise DataError(
+          f"vocab_size={kwargs['vocab_size']} is smaller than the {needed} characters the text needs at "
+          f"character_coverage={kwargs['character_coverage']}; raise vocab_size or lower character_coverage "
+          "(byte fallback spells the rest)") from None
+    if "Vocabulary size too high" in message:
+      raise DataError(f"vocab_size={kwargs['vocab_size']} is more than this text can fill; lower it") from None
+    raise
