@@ -122,6 +122,16 @@ def default_config() -> ConfigDict:
   c.checkpoint.max_to_keep = 3  # Keep the newest K checkpoints; the keep policy alone deletes.
   c.checkpoint.async_save = True  # Write checkpoints in the background while training goes on.
 
+  c.clean = ConfigDict()  # polyglot-jax data clean (data/clean/).
+  c.clean.min_words = 5  # Fewer words → rejected (unsegmented scripts: letters / 2).
+  c.clean.max_char_repetition = 0.3  # Share of repeated character 10-grams.
+  c.clean.max_word_repetition = 0.3  # Share of repeated word 5-grams.
+  c.clean.max_special_ratio = 0.3  # Share of characters that are not letters, digits or spaces.
+  c.clean.lid_threshold = 0.5  # Language ID must agree with the label at least this confidently.
+  c.clean.near_dup_threshold = 0.8  # MinHash Jaccard at or above which a document is a near duplicate.
+  c.clean.mask_pii = True  # Replace emails, phone numbers and IPv4 addresses with <EMAIL>/<PHONE>/<IP>.
+  c.clean.per_language = ()  # Threshold overrides: (("zho", "min_words", 2), ("yor", "lid_threshold", 0.2)).
+
   c.metrics = ConfigDict()
   c.metrics.peak_flops_per_device = 0.0  # For MFU; 0 means look up (TPU/GPU) or measure (CPU).
   return c

@@ -44,7 +44,14 @@ def main(argv: list[str], overrides: list[str]) -> int:
   mix.add_argument("--config", required=True)
   mix.add_argument("--workdir", default="", help="where source=demo builds its corpus (default: a temp dir)")
   mix.add_argument("--json", default="", help="also write the table as JSON here")
+  cl = sub.add_parser("clean", help="filter, deduplicate and PII-mask JSONL {text, lang} files")
+  cl.add_argument("--input", action="append", required=True, help="JSONL files or globs")
+  cl.add_argument("--output", required=True, help="directory for kept.jsonl, rejected.jsonl, report.json")
+  cl.add_argument("--config", default="", help="config file whose `clean` section sets the thresholds")
+  cl.add_argument("--no_lid", action="store_true", help="skip language identification")
   args = parser.parse_args(argv)
+  if args.what == "clean":
+    return _clean(args, overrides)
   config = config_lib.load_config(args.config, overrides)
   workdir = args.workdir or tempfile.mkdtemp(prefix="polyglot_mixture_")
   rows = mixture_report(config, workdir)
@@ -54,4 +61,19 @@ def main(argv: list[str], overrides: list[str]) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
       json.dump({"method": config.data.mixture.method, "languages": rows}, f, indent=2)
+  return 0
+
+
+def _clean(args, overrides) -> int:
+  from polyglot_jax.data.clean.cleaner import clean, format_report
+  from polyglot_jax.data.pipeline import expand_files
+  if args.config:
+    config = config_lib.load_config(args.config, overrides)
+  else:
+    config = config_lib.default_config()
+    config.lock()
+    config_lib.apply_overrides(config, overrides)
+  report = clean(expand_files(args.input, "--input"), args.output, config.clean, use_lid=not args.no_lid)
+  print(format_report(report))
+  print(f"wrote {args.output}/kept.jsonl, rejected.jsonl and report.json")
   return 0

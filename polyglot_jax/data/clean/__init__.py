@@ -1,0 +1,1 @@
+"""Corpus cleaning: quality filters, script and language checks, dedup, PII masking."""
