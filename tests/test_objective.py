@@ -145,3 +145,10 @@ def test_learning_rate_schedules(make_config, schedule):
   expected_mid = {"cosine": 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.5)), "linear": 0.55, "constant": 1.0}[schedule]
   np.testing.assert_allclose(float(lr(60)), expected_mid, rtol=1e-5)
   np.testing.assert_allclose(float(lr(110)), {"constant": 1.0}.get(schedule, 0.1), rtol=1e-5)
+
+
+def test_unknown_objective_is_named(make_config):
+  from polyglot_jax.configs import ConfigError
+  from polyglot_jax.objectives import make_objective
+  with pytest.raises(ConfigError, match=r"config.objective='dpo_typo' is unknown; registered objectives: \[.*'lm'"):
+    make_objective(make_config(objective="dpo_typo"), 3)

@@ -10,10 +10,13 @@ up and divides once.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Mapping
 
 import jax
 from ml_collections import ConfigDict
+
+from polyglot_jax.configs import ConfigError
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
@@ -26,7 +29,7 @@ def register(name: str) -> Callable[[type], type]:
   return wrap
 
 
-class Objective:
+class Objective(abc.ABC):
   """Base class; subclasses set ``batch_fields`` and implement ``loss_sums``."""
 
   name: str = ""
@@ -41,6 +44,7 @@ class Objective:
     del path
     return True
 
+  @abc.abstractmethod
   def loss_sums(self, model, batch: Mapping[str, jax.Array],
                 rng: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Returns (loss_sum to differentiate, normaliser, additive metric sums).
@@ -48,12 +52,11 @@ class Objective:
     ``rng`` is this micro-batch's PRNG key (from the train state, so resumed
     runs draw the same numbers); deterministic objectives ignore it.
     """
-    raise NotImplementedError  # Abstract: every registered objective overrides it.
 
 
 def make_objective(config: ConfigDict, num_languages: int) -> Objective:
   if config.objective not in OBJECTIVES:
-    raise ValueError(f"config.objective='{config.objective}' is unknown; registered objectives: {sorted(OBJECTIVES)}")
+    raise ConfigError(f"config.objective='{config.objective}' is unknown; registered objectives: {sorted(OBJECTIVES)}")
   return OBJECTIVES[config.objective](config, num_languages)
 
 
@@ -66,5 +69,3 @@ def per_language_sums(values_BxL: jax.Array, weights_BxL: jax.Array, lang_ids_Bx
   weight_sums = jax.numpy.einsum("bl,bln->n", w, onehot_BxLxN)
   return value_sums, weight_sums
 
-
-Metrics = dict[str, Any]
