@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-USAGE = "polyglot-jax <command> [flags]; commands: train, data mixture, tokenizer train|report"
+USAGE = "polyglot-jax <command> [flags]; commands: train, data mixture|clean, tokenizer train|report|extend"
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

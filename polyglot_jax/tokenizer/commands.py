@@ -50,6 +50,24 @@ def _report(args) -> int:
   return 0
 
 
+def _extend(args) -> int:
+  from polyglot_jax.data.pipeline import DataError, expand_files, read_jsonl
+  from polyglot_jax.tokenizer import extend
+  records, _ = read_jsonl(expand_files(args.input, "--input"))
+  if not records:
+    raise DataError(f"--input {args.input} holds no usable {{\"text\", \"lang\"}} records")
+  path, pieces = extend.add_pieces(args.tokenizer, records, args.num_pieces, args.output)
+  print(f"wrote {path}: {len(pieces)} new pieces, e.g. {pieces[:10]}")
+  if args.workdir:
+    if not args.new_workdir:
+      raise DataError("--workdir needs --new_workdir (the grown checkpoint goes there; the old one is kept)")
+    info = extend.extend_checkpoint(args.workdir, args.new_workdir, args.tokenizer, path)
+    print(f"wrote {args.new_workdir}: step {info['step']}, vocab_size {info['vocab_size']}; train on with "
+          f"polyglot-jax train --config C --workdir {args.new_workdir} "
+          f"--config.model.vocab_size={info['vocab_size']} --config.data.tokenizer={path}")
+  return 0
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="polyglot-jax tokenizer")
   sub = parser.add_subparsers(dest="what", required=True)
@@ -66,5 +84,12 @@ def main(argv: list[str]) -> int:
   r.add_argument("--input", required=True, help="JSONL {id, lang, text}: the same ids in every language")
   r.add_argument("--reference", default="eng")
   r.add_argument("--out", required=True, help="directory for report.json and parity.png")
+  e = sub.add_parser("extend", help="add pieces for new text; optionally grow a checkpoint's embedding to match")
+  e.add_argument("--tokenizer", required=True, help="the trained unigram .model to extend")
+  e.add_argument("--input", action="append", required=True, help="JSONL {text, lang} of the new language(s)")
+  e.add_argument("--num_pieces", type=int, default=1000)
+  e.add_argument("--output", required=True, help="new model path prefix")
+  e.add_argument("--workdir", default="", help="training workdir whose newest checkpoint to grow")
+  e.add_argument("--new_workdir", default="", help="where the grown checkpoint and config.json go")
   args = parser.parse_args(argv)
-  return _train(args) if args.what == "train" else _report(args)
+  return {"train": _train, "report": _report, "extend": _extend}[args.what](args)

@@ -53,7 +53,8 @@ def balanced_lines(records: Sequence[tuple[str, str]], alpha: float, seed: int =
 
 def train_sentencepiece(records: Sequence[tuple[str, str]], model_prefix: str, vocab_size: int,
                         model_type: str = "unigram", alpha: float = 0.3, byte_fallback: bool = True,
-                        character_coverage: float = 0.9995, seed: int = 0, num_threads: int = 2) -> str:
+                        character_coverage: float = 0.9995, seed: int = 0, num_threads: int = 2,
+                        **trainer_options) -> str:
   """Trains ``<model_prefix>.model``; returns its path.
 
   Args:
@@ -65,6 +66,7 @@ def train_sentencepiece(records: Sequence[tuple[str, str]], model_prefix: str, v
     byte_fallback: unknown characters become UTF-8 byte pieces, never <unk>.
     character_coverage: share of characters that get pieces of their own; rare
       characters beyond it are spelled in bytes (with byte_fallback).
+    **trainer_options: passed to SentencePieceTrainer (e.g. hard_vocab_limit).
   """
   import sentencepiece as spm
   lines, taken = balanced_lines(records, alpha, seed)
@@ -79,7 +81,7 @@ def train_sentencepiece(records: Sequence[tuple[str, str]], model_prefix: str, v
         input=text_path, model_prefix=model_prefix, vocab_size=vocab_size, model_type=model_type,
         character_coverage=character_coverage, byte_fallback=byte_fallback, split_digits=True,
         num_threads=num_threads, input_sentence_size=2_000_000, shuffle_input_sentence=True,
-        max_sentence_length=8192, minloglevel=2, **SPECIAL_IDS)
+        max_sentence_length=8192, minloglevel=2, **SPECIAL_IDS, **trainer_options)
   finally:
     os.unlink(text_path)
   return model_prefix + ".model"

@@ -267,7 +267,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   restored = ckpt.restore(setup.abstract_state, expected_shapes)
   if restored is not None:
     step, state, data_state, _ = restored
-    train_batches.set_state(data_state)
+    if data_state:
+      train_batches.set_state(data_state)
+    else:  # A checkpoint made by `tokenizer extend`: new data, read from its start.
+      logging.info("the checkpoint carries no data-iterator state; reading the data from the start")
     logging.info("resumed from %s/%d", ckpt.directory, step)
     print(f"resumed from checkpoint step {step}", flush=True)
   else:
