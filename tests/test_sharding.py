@@ -1,7 +1,6 @@
 """Shardings follow the logical rules; FSDP memory; sharded == single-device numerics."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -109,7 +109,6 @@ def test_workdir_of_another_model_is_refused(straight_run):
 
 
 def test_nan_guard_stops_after_k_in_a_row(make_config, tmp_path):
-  import test_objective  # noqa: F401  (registers the poisoned objective)
   from polyglot_jax.objectives import lm
 
   class AlwaysNaN(lm.LanguageModelling):

@@ -34,6 +34,19 @@ def expand_files(patterns: Sequence[str], what: str) -> list[str]:
   return files
 
 
+def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
+  """(path, line number, raw bytes) of every non-blank line; an unreadable file is a DataError."""
+  for path in paths:
+    try:
+      handle = open(path, "rb")
+    except OSError as e:
+      raise DataError(f"cannot read corpus file '{path}': {e.strerror}; check the path and permissions") from None
+    with handle:
+      for lineno, raw in enumerate(handle, 1):
+        if raw.strip():
+          yield path, lineno, raw
+
+
 def read_jsonl(paths: Sequence[str]) -> tuple[list[tuple[str, str]], Counter]:
   """Reads {"text", "lang"} records; malformed lines are counted, not dropped silently.
 
@@ -43,36 +56,28 @@ def read_jsonl(paths: Sequence[str]) -> tuple[list[tuple[str, str]], Counter]:
   records: list[tuple[str, str]] = []
   rejected: Counter = Counter()
   first_bad: dict[str, str] = {}
-  for path in paths:
+  for path, lineno, raw in iter_lines(paths):
+    reason = None
     try:
-      handle = open(path, "rb")
-    except OSError as e:
-      raise DataError(f"cannot read corpus file '{path}': {e.strerror}; check the path and permissions") from None
-    with handle:
-      for lineno, raw in enumerate(handle, 1):
-        if not raw.strip():
-          continue
-        reason = None
-        try:
-          record = json.loads(raw.decode("utf-8"))
-          text, lang = record["text"], record["lang"]
-          if not isinstance(text, str) or not text:
-            reason = "empty or non-string text"
-          else:
-            lang = langs.resolve(lang)
-        except UnicodeDecodeError:
-          reason = "invalid UTF-8"
-        except json.JSONDecodeError:
-          reason = "malformed JSON"
-        except (KeyError, TypeError):
-          reason = "missing 'text' or 'lang' field"
-        except langs.UnknownLanguageError:
-          reason = f"unknown language {record.get('lang')!r}"
-        if reason:
-          rejected[reason] += 1
-          first_bad.setdefault(reason, f"{path}:{lineno}")
-          continue
-        records.append((text, lang))
+      record = json.loads(raw.decode("utf-8"))
+      text, lang = record["text"], record["lang"]
+      if not isinstance(text, str) or not text:
+        reason = "empty or non-string text"
+      else:
+        lang = langs.resolve(lang)
+    except UnicodeDecodeError:
+      reason = "invalid UTF-8"
+    except json.JSONDecodeError:
+      reason = "malformed JSON"
+    except (KeyError, TypeError):
+      reason = "missing 'text' or 'lang' field"
+    except langs.UnknownLanguageError:
+      reason = f"unknown language {record.get('lang')!r}"
+    if reason:
+      rejected[reason] += 1
+      first_bad.setdefault(reason, f"{path}:{lineno}")
+      continue
+    records.append((text, lang))
   for reason, count in rejected.items():
     logging.warning("rejected %d records (%s); first at %s", count, reason, first_bad[reason])
   return records, rejected

@@ -11,7 +11,7 @@ up and divides once.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 from ml_collections import ConfigDict

@@ -12,13 +12,13 @@ import json
 import os
 import sys
 from collections import Counter, defaultdict
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from ml_collections import ConfigDict
 
 from polyglot_jax.data import languages as langs
 from polyglot_jax.data.clean import dedup, filters, script
-from polyglot_jax.data.pipeline import DataError
+from polyglot_jax.data.pipeline import DataError, iter_lines
 
 THRESHOLD_KEYS = ("min_words", "max_char_repetition", "max_word_repetition", "max_special_ratio",
                   "lid_threshold", "near_dup_threshold")
@@ -57,18 +57,6 @@ class LanguageIdentifier:
       return label, float(prob)
 
 
-def read_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
-  for path in paths:
-    try:
-      handle = open(path, "rb")
-    except OSError as e:
-      raise DataError(f"cannot read '{path}': {e.strerror}") from None
-    with handle:
-      for lineno, raw in enumerate(handle, 1):
-        if raw.strip():
-          yield path, lineno, raw
-
-
 def clean(paths: Sequence[str], out_dir: str, cfg: ConfigDict, use_lid: bool = True, progress: bool = True) -> dict:
   """Cleans JSONL {"text", "lang"} files into ``out_dir``; returns the report."""
   base, per_lang = thresholds(cfg)
@@ -78,7 +66,7 @@ def clean(paths: Sequence[str], out_dir: str, cfg: ConfigDict, use_lid: bool = T
   pii: dict[str, Counter] = defaultdict(Counter)
   seen_exact: dict[str, set] = defaultdict(set)
   near: dict[str, dedup.MinHashIndex] = {}
-  lines = read_lines(paths)
+  lines = iter_lines(paths)
   if progress:
     from tqdm import tqdm
     lines = tqdm(lines, desc="clean", unit="doc", file=sys.stderr, mininterval=1.0)
