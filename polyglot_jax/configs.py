@@ -116,6 +116,8 @@ def default_config() -> ConfigDict:
   c.train.log_every_steps = 10  # metrics.jsonl / TensorBoard / progress line period.
   c.train.eval_every_steps = 0  # Held-out evaluation period; 0 means start and end only.
   c.train.stop_after_steps = 0  # Save and exit after this step, as on preemption (time-sliced queues); 0: off.
+  c.train.profile_start_step = 10  # First step of the jax.profiler trace (after compile and warm-up).
+  c.train.profile_steps = 0  # Steps to trace into WORKDIR/profile; 0: no trace.
 
   c.checkpoint = ConfigDict()
   c.checkpoint.every_steps = 500  # Save period (also saved at the end and on SIGTERM).

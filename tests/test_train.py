@@ -121,3 +121,12 @@ def test_nan_guard_stops_after_k_in_a_row(make_config, tmp_path):
   config = make_config(objective="always_nan", optimizer__max_consecutive_skips=3, train__num_steps=20)
   with pytest.raises(TrainingError, match="3 non-finite updates in a row"):
     train_and_evaluate(config, str(tmp_path))
+
+
+def test_profile_window_is_captured(make_config, tmp_path):
+  config = make_config(train__num_steps=5, train__profile_start_step=2, train__profile_steps=2,
+                       checkpoint__every_steps=0, data__eval_files=())
+  train_and_evaluate(config, str(tmp_path))
+  traces = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / "profile")
+            for name in names if name.endswith(".xplane.pb")]
+  assert traces and os.path.getsize(traces[0]) > 1000

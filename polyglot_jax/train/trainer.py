@@ -34,6 +34,7 @@ from polyglot_jax.models.flops import train_flops_per_token
 from polyglot_jax.objectives import make_objective
 from polyglot_jax.train import metrics as metrics_lib
 from polyglot_jax.train.checkpoint import Checkpointer, shape_signature
+from polyglot_jax.train.profiling import StepProfiler
 from polyglot_jax.train.state import (TrainState, join_params, keep_if, learning_rate_schedule, make_optimizer,
                                      split_params)
 
@@ -306,6 +307,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       if _is_main_thread() else None
   logging.info("MFU peak: %.3g FLOP/s (%s)", peak, peak_source)
 
+  profiler = StepProfiler(workdir, config.train.profile_start_step, config.train.profile_steps)
   window = _Window(len(languages))
   pending = None
   t_window = time.perf_counter()
@@ -320,8 +322,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         stop_reason = "stop_after_steps"
         break
       batch = global_batch(setup, next(train_batches))
+      profiler.before_step(step)
       state, step_metrics = compiled_step(state, batch)
       step += 1
+      profiler.after_step(step, step_metrics)
       # Read step N-1's metrics only after step N is dispatched: the host
       # never waits on the device between steps.
       if pending is not None:
@@ -354,6 +358,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     ckpt.close()
     raise
   finally:
+    profiler.stop()
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
 
