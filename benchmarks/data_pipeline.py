@@ -14,7 +14,6 @@ the ratio to the trainer's tokens/s on the demo config (measured by
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import write_json  # noqa: E402
 from polyglot_jax.data import mixing  # noqa: E402
 from polyglot_jax.data.demo_corpus import build_demo_corpus  # noqa: E402
 from polyglot_jax.data.packing import pack_documents  # noqa: E402
@@ -91,9 +91,7 @@ def main() -> dict:
   print(f"documents {len(records):,}, tokens {tokens:,}: {result['tokens_per_sec']:,.0f} tokens/s on one core")
   if "ratio_to_trainer" in result:
     print(f"ratio to the trainer's {args.trainer_tokens_per_sec:,.0f} tokens/s: {result['ratio_to_trainer']:.1f}x")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  write_json(result, args.out)
   return result
 
 

@@ -17,7 +17,6 @@ Prints a table and writes JSON (default benchmarks/results/train_step.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import write_json  # noqa: E402
 from polyglot_jax import configs as config_lib  # noqa: E402
 from polyglot_jax.cli import _split_config_overrides  # noqa: E402
 from polyglot_jax.models.flops import train_flops_per_token  # noqa: E402
@@ -45,12 +45,16 @@ def main(argv=None) -> dict:
   args = parser.parse_args(rest)
   config = config_lib.load_config(args.config, overrides)
 
-  peak, peak_source = (args.peak_flops, "given") if args.peak_flops else \
-      metrics_lib.peak_flops(config.metrics.peak_flops_per_device)
-  measure_ceiling = peak_source.startswith("measured")
-  ceilings = [peak] if measure_ceiling else []
+  measure_ceiling = not args.peak_flops and not config.metrics.peak_flops_per_device \
+      and jax.devices()[0].platform == "cpu"
   if measure_ceiling:
     ceiling = metrics_lib.MatmulCeiling()
+    peak, peak_source = ceiling.measure(repeats=5), "measured float32 matmul ceiling"
+  elif args.peak_flops:
+    peak, peak_source = args.peak_flops, "given"
+  else:
+    peak, peak_source = metrics_lib.peak_flops(config.metrics.peak_flops_per_device)
+  ceilings = [peak] if measure_ceiling else []
   setup = build(config, num_languages=1)
   d = config.data
   rng = np.random.default_rng(0)
@@ -102,9 +106,7 @@ def main(argv=None) -> dict:
               "peak_flops_per_s", "mfu", "mfu_best"):
     print(f"{key:<24}{result[key]:>20.4g}")
   print(f"peak: {peak_source}")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  write_json(result, args.out)
   return result
 
 

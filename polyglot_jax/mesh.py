@@ -136,7 +136,3 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
-
-def batch_shards(mesh: Mesh) -> int:
-  """How many ways the global batch is split."""
-  return mesh.shape["data"] * mesh.shape["fsdp"]

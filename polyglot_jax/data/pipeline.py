@@ -144,10 +144,6 @@ class PackedBatches:
     self.step += 1
     return {k: self.rows[k][mine] for k in FIELDS}
 
-  def epochs(self) -> np.ndarray:
-    """Passes over each language's rows so far."""
-    sizes = np.asarray([max(len(s), 1) for s in self.streams])
-    return self.consumed / sizes
 
   def get_state(self) -> dict:
     return {"step": self.step, "seed": self.seed, "num_rows": self.num_rows,

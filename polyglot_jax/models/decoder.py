@@ -117,6 +117,3 @@ class Decoder(nnx.Module):
   def __call__(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None):
     return self.logits(self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL))
 
-
-def num_params(model: nnx.Module) -> int:
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -17,7 +17,6 @@ import shutil
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -121,6 +120,3 @@ def _check_shapes(directory: str, step: int, saved: dict, expected: dict) -> Non
           f"{saved.get(name, 'absent')} there and {expected.get(name, 'absent')} in this config; "
           "use a new --workdir or the checkpoint's config")
 
-
-def to_host(x) -> np.ndarray:
-  return np.asarray(jax.device_get(x))

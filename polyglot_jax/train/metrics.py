@@ -120,9 +120,6 @@ class MatmulCeiling:
     return 2.0 * self.n ** 3 / float(np.min(times))
 
 
-def measure_matmul_flops(n: int = 4096, repeats: int = 5) -> float:
-  return MatmulCeiling(n).measure(repeats)
-
 
 def peak_flops(configured_per_device: float) -> tuple[float, str]:
   """Total peak FLOP/s for MFU and where the number came from.
@@ -140,7 +137,7 @@ def peak_flops(configured_per_device: float) -> tuple[float, str]:
     if kind.startswith(name):
       return peak * len(devices), f"{name} bf16 datasheet"
   if devices[0].platform == "cpu":
-    return measure_matmul_flops() * jax.process_count(), "measured float32 matmul ceiling"
+    return MatmulCeiling().measure() * jax.process_count(), "measured float32 matmul ceiling"
   return 0.0, f"unknown device '{kind}' (set config.metrics.peak_flops_per_device)"
 
 
