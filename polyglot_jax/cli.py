@@ -13,7 +13,8 @@ import argparse
 import logging
 import sys
 
-USAGE = "polyglot-jax <command> [flags]; commands: train, data mixture|clean, tokenizer train|report|extend"
+USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean, tokenizer train|report|extend, "
+         "convert, plan")
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -70,7 +71,18 @@ def _tokenizer(argv: list[str]) -> int:
   return commands.main(argv)
 
 
-COMMANDS = {"train": _train, "data": _data, "tokenizer": _tokenizer}
+def _convert(argv: list[str]) -> int:
+  from polyglot_jax.interop import commands
+  return commands.main(argv)
+
+
+def _plan(argv: list[str]) -> int:
+  from polyglot_jax.plan import commands
+  rest, overrides = _split_config_overrides(argv)
+  return commands.main(rest, overrides)
+
+
+COMMANDS = {"train": _train, "data": _data, "tokenizer": _tokenizer, "convert": _convert, "plan": _plan}
 
 
 def main(argv: list[str] | None = None) -> int:

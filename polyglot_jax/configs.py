@@ -51,6 +51,10 @@ def default_config() -> ConfigDict:
   c = ConfigDict()
   c.seed = 0  # PRNG seed for parameter init and the data order.
   c.objective = "lm"  # Training objective by registry name: lm (causal LM).
+  # Start a fresh run from these parameters: a workdir written by `polyglot-jax convert`
+  # (or any workdir of the same model shape), or a Hugging Face directory of safetensors.
+  # Ignored once the workdir has a checkpoint of its own (resume wins).
+  c.init_from = ""
 
   c.model = ConfigDict()
   c.model.vocab_size = 32000  # Rows of the embedding; must cover the tokenizer.

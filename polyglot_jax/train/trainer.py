@@ -33,7 +33,7 @@ from polyglot_jax.models.decoder import Decoder
 from polyglot_jax.models.flops import train_flops_per_token
 from polyglot_jax.objectives import make_objective
 from polyglot_jax.train import metrics as metrics_lib
-from polyglot_jax.train.checkpoint import Checkpointer, shape_signature
+from polyglot_jax.train.checkpoint import CheckpointError, Checkpointer, shape_signature
 from polyglot_jax.train.profiling import StepProfiler
 from polyglot_jax.train.state import (TrainState, join_params, keep_if, learning_rate_schedule, make_optimizer,
                                      split_params)
@@ -277,6 +277,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   else:
     state = setup.init_fn()
     step = 0
+    if config.init_from:
+      state = _init_from(config, setup, state)
   meta = {"shapes": expected_shapes, "languages": list(languages)}
 
   # ---- Compile once, ahead of the loop, so compile time is reported on its own.
@@ -385,6 +387,36 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   writer.close()
   eval_writer.close()
   return summary
+
+
+def _init_from(config: ConfigDict, setup: Setup, state: TrainState) -> TrainState:
+  """Replaces freshly initialised parameters with those at config.init_from.
+
+  Optimizer moments stay at their initial zeros and the step at 0: a new run
+  that starts from imported weights.
+  """
+  from polyglot_jax import interop
+  loaded = interop.load_params(config.init_from, config)
+  want = {"/".join(map(str, k)): v for k, v in _flat(setup.abstract_state.params).items()}
+  got = {"/".join(map(str, k)): v for k, v in _flat(loaded).items()}
+  if want.keys() != got.keys():
+    missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+    raise CheckpointError(f"config.init_from='{config.init_from}' does not match the model: "
+                          f"missing {missing[:5]}, unexpected {extra[:5]}")
+  for name, spec in want.items():
+    if tuple(got[name].shape) != tuple(spec.shape):
+      raise CheckpointError(f"config.init_from='{config.init_from}': parameter {name} has shape "
+                            f"{tuple(got[name].shape)}, the model wants {tuple(spec.shape)}")
+  params = jax.tree.map(lambda new, old: jax.device_put(np.asarray(new, dtype=old.dtype), old.sharding),
+                        loaded, state.params)
+  logging.info("initialised %d parameters from %s", len(want), config.init_from)
+  print(f"initialised parameters from {config.init_from}", flush=True)
+  return state.replace(params=params)
+
+
+def _flat(tree) -> dict:
+  from flax import traverse_util
+  return traverse_util.flatten_dict(tree)
 
 
 def _is_main_thread() -> bool:
