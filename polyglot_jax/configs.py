@@ -83,9 +83,27 @@ def default_config() -> ConfigDict:
   c.logical_axis_rules = DEFAULT_RULES  # Logical axis name → mesh axis (or None).
 
   c.data = ConfigDict()
-  c.data.source = "jsonl"  # jsonl: files of {"text", "lang"} records; demo: the offline demo corpus.
-  c.data.train_files = ()  # Glob patterns of training JSONL files.
-  c.data.eval_files = ()  # Glob patterns of held-out JSONL files (per-language perplexity).
+  # Input pipeline. packed: reads, tokenizes and packs everything in memory at start
+  # (small corpora, the demo); grain: streams JSONL / ArrayRecord through a grain
+  # MapDataset (per-host shards, shuffle, mixture, packing; resumable by index);
+  # seqio: per-language seqio Tasks (TFDS c4/multilingual or wiki40b, or local files)
+  # mixed by a seqio Mixture. All three yield the same batch fields.
+  c.data.backend = "packed"
+  c.data.source = "jsonl"  # packed backend: jsonl = files of {"text", "lang"} records; demo = the offline demo corpus.
+  c.data.train_files = ()  # Glob patterns of training files of {"text", "lang"} records (.jsonl, .arrayrecord).
+  c.data.eval_files = ()  # Glob patterns of held-out files, same format (per-language perplexity).
+  # Per-language files: (("swa", "corpus/swa/*.jsonl"), ...); every record is in that language.
+  # grain: .jsonl / .arrayrecord; seqio also .txt (a document per line) and .tfrecord (tf.train.Example "text").
+  c.data.language_files = ()
+  c.data.language_eval_files = ()  # Likewise, held-out.
+  c.data.tfds_name = ""  # seqio: "c4/multilingual:3.1.0" or "wiki40b:1.3.0" (or a local TFDS name) for data.languages.
+  c.data.tfds_data_dir = ""  # seqio: TFDS data_dir (e.g. gs://bucket/tfds); empty = the TFDS default.
+  c.data.size_sample_docs = 256  # grain/seqio: documents tokenized per language to estimate its size in tokens.
+  c.data.grain_workers = 0  # grain: worker processes reading + tokenizing (0 = threads in the trainer).
+  c.data.grain_read_threads = 2  # grain: threads reading + tokenizing when grain_workers is 0.
+  # grain/seqio resume with a different number of hosts: "error" stops with a message;
+  # "restart" starts every host's shard of the data afresh (documents may repeat).
+  c.data.on_host_change = "error"
   c.data.tokenizer = ""  # SentencePiece .model path; for source=demo, built under demo_dir.
   c.data.languages = ()  # Language codes; their order gives lang_ids. Empty: as found in the data.
   c.data.seq_len = 512  # Tokens per packed row.
@@ -274,6 +292,10 @@ def validate(config: ConfigDict) -> None:
     raise ConfigError(f"config.data.mixture.method='{d.mixture.method}'; use proportional, temperature, unimax or weights")
   if d.source not in ("jsonl", "demo"):
     raise ConfigError(f"config.data.source='{d.source}'; use jsonl or demo")
+  if d.backend not in ("packed", "grain", "seqio"):
+    raise ConfigError(f"config.data.backend='{d.backend}'; use packed, grain or seqio")
+  if d.on_host_change not in ("error", "restart"):
+    raise ConfigError(f"config.data.on_host_change='{d.on_host_change}'; use error or restart")
 
 
 def to_json(config: ConfigDict) -> str:

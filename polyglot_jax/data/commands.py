@@ -12,12 +12,12 @@ from polyglot_jax import configs as config_lib
 
 def mixture_report(config, workdir: str) -> list[dict]:
   """Per language: training tokens, mixture rate, expected tokens and epochs for the run."""
-  from polyglot_jax.data.sources import load_text_data
-  data = load_text_data(config, workdir)
+  from polyglot_jax.data.backends import make_data
+  data = make_data(config, workdir)
   run_tokens = config_lib.resolve_steps(config) * config.data.global_batch_size * config.data.seq_len
   rows = []
   for lang in data.languages:
-    size, rate = data.train_tokens[lang], data.rates[lang]
+    size, rate = int(round(data.sizes.get(lang, 0))), data.rates[lang]
     expected = rate * run_tokens
     rows.append({"lang": lang, "tokens": size, "rate": rate, "expected_tokens": expected,
                  "epochs": expected / size if size else 0.0})

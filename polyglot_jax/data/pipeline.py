@@ -47,6 +47,35 @@ def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
           yield path, lineno, raw
 
 
+def parse_record(raw: bytes, default_lang: str | None = None) -> tuple[str, str] | str:
+  """One {"text", "lang"} record from raw bytes.
+
+  Returns:
+    (text, canonical language code), or the reason the record is rejected.
+    ``default_lang`` is the language of a per-language file; a record there
+    may omit "lang" but must not name another language.
+  """
+  try:
+    record = json.loads(raw.decode("utf-8"))
+    text = record["text"]
+    lang = record.get("lang", default_lang) if default_lang else record["lang"]
+  except UnicodeDecodeError:
+    return "invalid UTF-8"
+  except json.JSONDecodeError:
+    return "malformed JSON"
+  except (KeyError, TypeError, AttributeError):
+    return "missing 'text' or 'lang' field"
+  if not isinstance(text, str) or not text:
+    return "empty or non-string text"
+  try:
+    lang = langs.resolve(lang)
+  except (langs.UnknownLanguageError, TypeError, AttributeError):
+    return f"unknown language {lang!r}"
+  if default_lang and lang != default_lang:
+    return f"lang '{lang}' in a file of language '{default_lang}'"
+  return text, lang
+
+
 def read_jsonl(paths: Sequence[str]) -> tuple[list[tuple[str, str]], Counter]:
   """Reads {"text", "lang"} records; malformed lines are counted, not dropped silently.
 
@@ -57,30 +86,19 @@ def read_jsonl(paths: Sequence[str]) -> tuple[list[tuple[str, str]], Counter]:
   rejected: Counter = Counter()
   first_bad: dict[str, str] = {}
   for path, lineno, raw in iter_lines(paths):
-    reason = None
-    try:
-      record = json.loads(raw.decode("utf-8"))
-      text, lang = record["text"], record["lang"]
-      if not isinstance(text, str) or not text:
-        reason = "empty or non-string text"
-      else:
-        lang = langs.resolve(lang)
-    except UnicodeDecodeError:
-      reason = "invalid UTF-8"
-    except json.JSONDecodeError:
-      reason = "malformed JSON"
-    except (KeyError, TypeError):
-      reason = "missing 'text' or 'lang' field"
-    except langs.UnknownLanguageError:
-      reason = f"unknown language {record.get('lang')!r}"
-    if reason:
-      rejected[reason] += 1
-      first_bad.setdefault(reason, f"{path}:{lineno}")
+    parsed = parse_record(raw)
+    if isinstance(parsed, str):
+      rejected[parsed] += 1
+      first_bad.setdefault(parsed, f"{path}:{lineno}")
       continue
-    records.append((text, lang))
+    records.append(parsed)
+  log_rejected(rejected, first_bad)
+  return records, rejected
+
+
+def log_rejected(rejected: Counter, first_bad: dict[str, str]) -> None:
   for reason, count in rejected.items():
     logging.warning("rejected %d records (%s); first at %s", count, reason, first_bad[reason])
-  return records, rejected
 
 
 def tokenize_and_pack(records, processor, language_ids: dict[str, int], seq_len: int) -> dict[str, np.ndarray]:

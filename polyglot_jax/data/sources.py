@@ -52,20 +52,23 @@ def prepare_demo(config: ConfigDict, workdir: str) -> None:
     multihost_utils.sync_global_devices("demo corpus ready")
 
 
-def load_text_data(config: ConfigDict, workdir: str) -> TextData:
-  import sentencepiece as spm
+def resolve_files(config: ConfigDict, workdir: str) -> tuple[list[str], list[str], str]:
+  """(train files, eval files, tokenizer path) of data.source; builds the demo corpus if asked for."""
   d = config.data
   if d.source == "demo":
     prepare_demo(config, workdir)
     train_path, eval_path, spm_prefix = demo_paths(config, workdir)
-    train_files, eval_files = [train_path], [eval_path]
-    tokenizer = d.tokenizer or spm_prefix + ".model"
-  else:
-    if not d.train_files:
-      raise DataError("config.data.train_files is empty; point it at JSONL files of {\"text\", \"lang\"} records")
-    train_files = expand_files(d.train_files, "config.data.train_files")
-    eval_files = expand_files(d.eval_files, "config.data.eval_files") if d.eval_files else []
-    tokenizer = d.tokenizer
+    return [train_path], [eval_path], d.tokenizer or spm_prefix + ".model"
+  if not d.train_files and not (d.backend != "packed" and (d.language_files or d.tfds_name)):
+    raise DataError("config.data.train_files is empty; point it at JSONL files of {\"text\", \"lang\"} records")
+  train_files = expand_files(d.train_files, "config.data.train_files") if d.train_files else []
+  eval_files = expand_files(d.eval_files, "config.data.eval_files") if d.eval_files else []
+  return train_files, eval_files, d.tokenizer
+
+
+def load_processor(config: ConfigDict, tokenizer: str):
+  """The SentencePiece model, checked against the model's vocabulary size before anything is compiled."""
+  import sentencepiece as spm
   if not tokenizer or not os.path.isfile(tokenizer):
     raise DataError(f"tokenizer '{tokenizer}' does not exist; set config.data.tokenizer to a SentencePiece .model file")
   processor = spm.SentencePieceProcessor(model_file=tokenizer)
@@ -73,6 +76,15 @@ def load_text_data(config: ConfigDict, workdir: str) -> TextData:
     raise DataError(
         f"tokenizer '{tokenizer}' has {processor.vocab_size()} pieces but config.model.vocab_size="
         f"{config.model.vocab_size}; set model.vocab_size to at least {processor.vocab_size()}")
+  return processor
+
+
+def load_text_data(config: ConfigDict, workdir: str) -> TextData:
+  d = config.data
+  train_files, eval_files, tokenizer = resolve_files(config, workdir)
+  if not train_files:
+    raise DataError("config.data.train_files is empty; the packed backend reads JSONL files of {\"text\", \"lang\"} records")
+  processor = load_processor(config, tokenizer)
   train_records, rejected = read_jsonl(train_files)
   eval_records, eval_rejected = read_jsonl(eval_files) if eval_files else ([], Counter())
   rejected.update(eval_rejected)
@@ -89,8 +101,8 @@ def load_text_data(config: ConfigDict, workdir: str) -> TextData:
     raise DataError(f"config.data.languages names {empty} but the training files have no text in them")
   # Text is packed one language at a time, so each row is one language: the
   # mixture then picks rows by language, and held-out loss splits cleanly.
-  train_rows = _pack_by_language(train_records, processor, ids, languages, d.seq_len, 0)
-  eval_rows = _pack_by_language(eval_records, processor, ids, languages, d.seq_len, d.eval_max_rows)
+  train_rows = pack_by_language(train_records, processor, ids, languages, d.seq_len, 0)
+  eval_rows = pack_by_language(eval_records, processor, ids, languages, d.seq_len, d.eval_max_rows)
   row_lang = train_rows["lang_ids"][:, 0]
   train_tokens = {code: int(train_rows["loss_weights"][row_lang == i].sum()) for i, code in enumerate(languages)}
   run_tokens = config_lib.resolve_steps(config) * d.global_batch_size * d.seq_len
@@ -103,7 +115,7 @@ def load_text_data(config: ConfigDict, workdir: str) -> TextData:
   return TextData(processor, languages, train_rows, eval_rows, rejected, train_tokens, rates)
 
 
-def _pack_by_language(records, processor, ids, languages, seq_len: int, max_rows: int) -> dict[str, np.ndarray]:
+def pack_by_language(records, processor, ids, languages, seq_len: int, max_rows: int) -> dict[str, np.ndarray]:
   parts = []
   for code in languages:
     part = tokenize_and_pack([r for r in records if r[1] == code], processor, ids, seq_len)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -43,11 +43,15 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
 
-  def save(self, step: int, state: Any, data_state: dict, meta: dict, force: bool = False) -> bool:
+  def save(self, step: int, state: Any, data_state: dict | Callable[[], dict], meta: dict,
+           force: bool = False) -> bool:
+    """Saves when due (or forced); ``data_state`` may be a callable, asked only then (it may be a collective)."""
     if not force and (self.every_steps <= 0 or step % self.every_steps):
       return False
     if step in self.manager.all_steps():
       return False
+    if callable(data_state):
+      data_state = data_state()
     return self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),

@@ -25,9 +25,8 @@ from ml_collections import ConfigDict
 
 from polyglot_jax import configs as config_lib
 from polyglot_jax import mesh as mesh_lib
-from polyglot_jax.data import pipeline
 from polyglot_jax.data.packing import FIELDS
-from polyglot_jax.data.sources import load_text_data
+from polyglot_jax.data.backends import make_data
 from polyglot_jax.models.config import ModelConfig
 from polyglot_jax.models.decoder import Decoder
 from polyglot_jax.models.flops import train_flops_per_token
@@ -215,20 +214,78 @@ def evaluate(setup: Setup, params, batches, languages) -> dict[str, float]:
 def maybe_initialize_distributed() -> None:
   """Joins the multi-controller runtime when this is one of several processes.
 
-  On a multi-host TPU slice every worker sees TPU_WORKER_HOSTNAMES (a comma
-  list) and jax finds the coordinator itself; elsewhere set
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  Every process of a multi-host run sets all three of JAX_COORDINATOR_ADDRESS
+  (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID
+  (0 .. JAX_NUM_PROCESSES-1); tools/tpu/worker_train.sh sets them on TPU VMs
+  from the TPU metadata. On a GKE TPU pod (TPU_WORKER_HOSTNAMES lists several
+  hosts) jax finds them itself. JAX_INITIALIZATION_TIMEOUT (seconds, default
+  300) bounds the wait for the other processes.
+
+  Raises:
+    TrainingError: a variable is missing or inconsistent, or process 0 cannot
+      be reached in time; checked before anything connects, so a bad launch
+      stops at once with one line instead of hanging or aborting in C++.
   """
   if jax.distributed.is_initialized():
     return
   env = os.environ
-  if "JAX_COORDINATOR_ADDRESS" in env and "JAX_NUM_PROCESSES" in env:
-    if env.get("JAX_PLATFORMS") == "cpu":  # CPU processes talk through gloo.
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]),
-                               int(env["JAX_PROCESS_ID"]))
-  elif "JAX_COORDINATOR_ADDRESS" in env or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
-    jax.distributed.initialize()
+  raw_timeout = env.get("JAX_INITIALIZATION_TIMEOUT", "300")
+  timeout = int(raw_timeout) if raw_timeout.isdigit() else 0
+  if timeout <= 0:
+    raise TrainingError(f"JAX_INITIALIZATION_TIMEOUT={raw_timeout!r} must be a positive whole number of seconds")
+  names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+  given = [name for name in names if env.get(name)]
+  if not given:
+    if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+      jax.distributed.initialize(initialization_timeout=timeout)
+    return
+  if len(given) < len(names):
+    missing = [name for name in names if name not in given]
+    raise TrainingError(
+        f"{' and '.join(given)} set but {' and '.join(missing)} not: a multi-host run sets all three on every "
+        "process (JAX_PROCESS_ID 0..JAX_NUM_PROCESSES-1); unset them all for a single process")
+  address = env["JAX_COORDINATOR_ADDRESS"]
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise TrainingError(f"JAX_COORDINATOR_ADDRESS={address!r} is not host:port (process 0's address and a free port)")
+  try:
+    num_processes, process_id = int(env["JAX_NUM_PROCESSES"]), int(env["JAX_PROCESS_ID"])
+  except ValueError:
+    raise TrainingError(f"JAX_NUM_PROCESSES={env['JAX_NUM_PROCESSES']!r} and JAX_PROCESS_ID="
+                        f"{env['JAX_PROCESS_ID']!r} must be whole numbers") from None
+  if num_processes < 1:
+    raise TrainingError(f"JAX_NUM_PROCESSES={num_processes} must be at least 1 (the number of processes launched)")
+  if not 0 <= process_id < num_processes:
+    raise TrainingError(
+        f"JAX_PROCESS_ID={process_id} does not fit JAX_NUM_PROCESSES={num_processes}: ids run 0.."
+        f"{num_processes - 1}, one per process; check the launch command of every host")
+  if num_processes == 1:
+    return
+  # jax aborts the whole process (C++ LOG(FATAL)) when it cannot reach the
+  # coordinator in time, so the other processes first check that process 0
+  # listens, and stop with a readable error when it never does.
+  if process_id > 0:
+    import socket
+    deadline = time.monotonic() + timeout
+    while True:
+      try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+        break
+      except OSError as e:
+        if time.monotonic() > deadline:
+          raise TrainingError(
+              f"process {process_id} of {num_processes} could not reach process 0 at JAX_COORDINATOR_ADDRESS="
+              f"{address} within {timeout} s ({e.strerror or e}); start the same command on every host "
+              "or fix the address") from None
+        time.sleep(0.5)
+  logging.info("joining a %d-process run as process %d via %s; waiting up to %d s for the others",
+               num_processes, process_id, address, timeout)
+  # CPU devices of different processes reach each other through gloo (jax
+  # 0.10's default, set so that no other default leaves CPU collectives
+  # unimplemented); TPU and GPU runs never use it.
+  if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in env:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(address, num_processes, process_id, initialization_timeout=timeout)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
@@ -247,13 +304,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       f.write(config_lib.to_json(config))
 
   # ---- Data.
-  data = load_text_data(config, workdir)
+  data = make_data(config, workdir)
   languages = data.languages
-  train_batches = pipeline.PackedBatches(data.train_rows, [data.rates[lang] for lang in languages],
-                                         config.data.global_batch_size, config.data.shuffle_seed,
-                                         jax.process_index(), jax.process_count())
-  held_out = pipeline.eval_batches(data.eval_rows, config.data.global_batch_size,
-                                   jax.process_index(), jax.process_count()) if data.eval_rows else []
+  train_batches, held_out = data.train, data.held_out
 
   # ---- Model, mesh, shardings, jit'd functions.
   setup = build(config, len(languages))
@@ -353,7 +406,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       if held_out and config.train.eval_every_steps and step % config.train.eval_every_steps == 0 \
           and step != total_steps:
         _write_eval(eval_writer, step, evaluate(setup, state.params, held_out, languages))
-      ckpt.save(step, state, train_batches.get_state(), meta)
+      ckpt.save(step, state, train_batches.get_state, meta)
     if pending is not None:
       _absorb(window, *pending, max_skips=config.optimizer.max_consecutive_skips)
   except TrainingError:
@@ -364,7 +417,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
 
-  ckpt.save(step, state, train_batches.get_state(), meta, force=True)
+  ckpt.save(step, state, train_batches.get_state, meta, force=True)
   ckpt.close()
   if stop_reason:
     writer.close()

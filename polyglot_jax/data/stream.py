@@ -1,0 +1,154 @@
+"""Streaming packing with an exact resume point, shared by the grain and seqio backends.
+
+A backend supplies this host's document stream as ``open(position)``: an
+iterator of (token ids, language id) starting at document ``position`` of
+the host's shard. ``StreamBatches`` packs it into rows exactly as
+``packing.pack_documents`` does (``[bos] + tokens + [eos]``, documents
+longer than a row cut into row-sized pieces, a piece that does not fit
+starts a new row) and hands out batches of rows.
+
+Resume point: every row ends just before some piece — document ``position``
+from token ``offset`` — so the state after a batch is that pair. A restored
+run opens the stream at ``position``, drops ``offset`` tokens of the first
+document and packs into an empty row, which is exactly what the
+uninterrupted run does next. Each host has its own pair; the checkpoint
+keeps all of them (gathered across hosts) and each host takes its own back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+from polyglot_jax.data.packing import FIELDS
+from polyglot_jax.data.pipeline import DataError
+
+DocStream = Callable[[int], Iterator[tuple[np.ndarray, int]]]
+
+
+class StreamBatches:
+  """Resumable packed batches over a per-host document stream.
+
+  Args:
+    open_stream: position → iterator of (token ids, language id) from that document on.
+    seq_len: tokens per row.
+    local_batch_size: rows per batch on this host.
+    bos_id, eos_id, pad_id: special token ids.
+    fingerprint: what must match for a checkpoint's state to apply (backend,
+      languages, rates, seed, batch size, ...); a mismatch is an error naming it.
+    on_host_change: "error" or "restart" when the checkpoint had another host count.
+  """
+
+  def __init__(self, open_stream: DocStream, seq_len: int, local_batch_size: int, bos_id: int, eos_id: int,
+               pad_id: int, fingerprint: dict, on_host_change: str = "error",
+               process_index: int | None = None, process_count: int | None = None):
+    self.open_stream = open_stream
+    self.seq_len = seq_len
+    self.local_batch_size = local_batch_size
+    self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+    self.fingerprint = json.loads(json.dumps(fingerprint))
+    self.on_host_change = on_host_change
+    self.process_index = jax.process_index() if process_index is None else process_index
+    self.process_count = jax.process_count() if process_count is None else process_count
+    self.position, self.offset = 0, 0
+    self.step = 0
+    self._rows = None
+
+  # ---- Iteration.
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._rows is None:
+      self._rows = self._packed_rows(self.position, self.offset)
+    rows = []
+    for _ in range(self.local_batch_size):
+      try:
+        row, (self.position, self.offset) = next(self._rows)
+      except StopIteration:
+        raise DataError("the document stream ended; streaming backends repeat their data, so a source "
+                        "became empty — check the data files") from None
+      rows.append(row)
+    self.step += 1
+    return {k: np.stack([r[k] for r in rows]) for k in FIELDS}
+
+  def _packed_rows(self, position: int, offset: int):
+    """Rows with the resume point after each: (row, (position, offset))."""
+    seq_len = self.seq_len
+    row, fill, segment = self._empty(), 0, 0
+    for tokens, lang in self.open_stream(position):
+      seq = np.concatenate([[self.bos_id], np.asarray(tokens, np.int64), [self.eos_id]])
+      inputs, targets = seq[:-1], seq[1:]
+      for start in range(offset, len(inputs), seq_len):
+        n = min(seq_len, len(inputs) - start)
+        if fill + n > seq_len:
+          yield row, (position, start)
+          row, fill, segment = self._empty(), 0, 0
+        segment += 1
+        sl = slice(fill, fill + n)
+        row["inputs"][sl] = inputs[start:start + n]
+        row["targets"][sl] = targets[start:start + n]
+        row["loss_weights"][sl] = 1
+        row["segment_ids"][sl] = segment
+        row["positions"][sl] = np.arange(n)
+        row["lang_ids"][sl] = lang
+        fill += n
+      position, offset = position + 1, 0
+    if fill:
+      yield row, (position, 0)
+
+  def _empty(self) -> dict[str, np.ndarray]:
+    row = {k: np.zeros(self.seq_len, np.int32) for k in FIELDS}
+    row["inputs"][:] = self.pad_id
+    row["targets"][:] = self.pad_id
+    return row
+
+  # ---- State.
+
+  def local_state(self) -> dict:
+    return {"position": int(self.position), "offset": int(self.offset)}
+
+  def get_state(self) -> dict:
+    """The whole job's iterator state: every host's resume point (a collective on multi-host)."""
+    hosts = [self.local_state()]
+    if self.process_count > 1:
+      hosts = _allgather_json(self.local_state())
+    return {"step": self.step, "fingerprint": self.fingerprint, "process_count": self.process_count,
+            "hosts": hosts}
+
+  def set_state(self, state: dict) -> None:
+    saved = state.get("fingerprint", {})
+    for key in sorted(set(saved) | set(self.fingerprint)):
+      if saved.get(key) != self.fingerprint.get(key):
+        raise DataError(
+            f"the checkpoint's data iterator was made with data.{key}={saved.get(key)!r}, this run has "
+            f"{self.fingerprint.get(key)!r}; resume with the same data settings or use a new workdir")
+    self.step = int(state["step"])
+    self._rows = None
+    if state["process_count"] != self.process_count:
+      message = (f"the checkpoint's data iterator was saved by {state['process_count']} hosts and this run has "
+                 f"{self.process_count}: each host's shard of the data changes with the host count")
+      if self.on_host_change == "error":
+        raise DataError(message + "; resume with the same host count, or set "
+                        "config.data.on_host_change=restart to start every shard afresh (documents may repeat)")
+      logging.warning("%s; data.on_host_change=restart: every host starts its shard from the beginning", message)
+      self.position, self.offset = 0, 0
+      return
+    mine = state["hosts"][self.process_index]
+    self.position, self.offset = int(mine["position"]), int(mine["offset"])
+
+
+def _allgather_json(value: dict) -> list[dict]:
+  """Every host's small JSON value, in process order (a collective)."""
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([len(data)], np.int32))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:len(data)] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+  return [json.loads(bytes(row[:n]).decode()) for row, n in zip(gathered, sizes)]
