@@ -111,11 +111,12 @@ class _LocalLanguage:
     if index is not None and len(index):
       reader = doc_sources.DocReader(index, self.lang)
 
-      def texts():
-        for i in range(len(reader)):
-          yield reader[i].encode("utf-8")
+      def texts():  # In blocks: one Python → TF crossing per block, not per document.
+        for start in range(0, len(reader), 256):
+          yield [reader[i].encode("utf-8") for i in range(start, min(len(reader), start + 256))]
 
-      parts.append(tf.data.Dataset.from_generator(texts, output_signature=tf.TensorSpec([], tf.string)))
+      blocks = tf.data.Dataset.from_generator(texts, output_signature=tf.TensorSpec([None], tf.string))
+      parts.append(blocks.unbatch())
     if not parts:
       raise DataError(f"language '{self.lang}' has no {split} files")
     ds = parts[0]

@@ -297,6 +297,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   """
   maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
+  if os.path.isdir(os.path.join(workdir, "params")) and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    # A workdir written by `polyglot-jax convert`: training here would overwrite its config.json.
+    raise CheckpointError(f"{workdir} holds converted parameters (params/), not a training run; train in a new "
+                          f"--workdir with --config.init_from={workdir}")
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
