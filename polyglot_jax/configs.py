@@ -167,9 +167,21 @@ def default_config() -> ConfigDict:
 
 
 def load_config_file(path: str) -> ConfigDict:
-  """Imports ``path`` and returns its ``get_config()``, locked."""
+  """Imports ``path`` and returns its ``get_config()``, locked; a ``.json`` file is a resolved config.
+
+  The JSON form is what every workdir keeps (``WORKDIR/config.json``, also
+  written by ``polyglot-jax convert``), so a run can start from another
+  run's exact settings: ``--config OTHER_WORKDIR/config.json``.
+  """
   if not os.path.isfile(path):
     raise ConfigError(f"config file '{path}' does not exist; pass --config configs/<name>.py")
+  if path.endswith(".json"):
+    try:
+      with open(path) as f:
+        values = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise ConfigError(f"config file '{path}' is not readable JSON: {e}") from None
+    return config_from_dict(values)
   spec = importlib.util.spec_from_file_location(f"polyglot_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(spec)
   try:

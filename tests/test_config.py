@@ -74,3 +74,16 @@ def test_config_json_round_trip():
   import json
   again = config_lib.config_from_dict(json.loads(config_lib.to_json(c)))
   assert again.to_dict() == c.to_dict()
+
+
+def test_a_workdir_config_json_loads_as_a_config(tmp_path):
+  c = config_lib.load_config(os.path.join(REPO, "configs", "demo.py"), ["model.d_model=96", "data.languages=eng,deu"])
+  path = tmp_path / "config.json"
+  path.write_text(config_lib.to_json(c))
+  again = config_lib.load_config(str(path), ["train.num_steps=7"])
+  assert again.model.d_model == 96 and again.data.languages == ("eng", "deu") and again.train.num_steps == 7
+  again.train.num_steps = c.train.num_steps
+  assert config_lib.to_json(again) == config_lib.to_json(c)
+  path.write_text("{not json")
+  with pytest.raises(config_lib.ConfigError, match="not readable JSON"):
+    config_lib.load_config(str(path))
