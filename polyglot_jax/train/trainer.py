@@ -374,7 +374,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   stop_reason = None
   try:
     while step < total_steps:
-      if preempted["flag"] or ckpt.manager.reached_preemption(step):
+      # One process: our own SIGTERM flag. Several: only orbax's preemption
+      # check, which every host answers alike at the same step (hosts that
+      # saw a local signal at different steps would otherwise diverge).
+      local_stop = preempted["flag"] and jax.process_count() == 1
+      if local_stop or ckpt.manager.reached_preemption(step):
         stop_reason = "preempted"
         break
       if config.train.stop_after_steps and step >= config.train.stop_after_steps:
