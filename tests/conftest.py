@@ -1,6 +1,12 @@
 """Shared fixtures. The fake 8-device CPU platform must be set before jax loads."""
 
 import os
+import sys
+
+# torch (the Hugging Face parity tests) imports triton when it is installed, and
+# triton's LLVM crashes the process when tensorflow's is already loaded (one
+# pytest process runs both). CPU torch never needs triton: make it unimportable.
+sys.modules.setdefault("triton", None)
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
