@@ -1,0 +1,375 @@
+"""Compile the real train step for a TPU slice on this machine and read off what it needs.
+
+The step is the trainer's own (``trainer.build(...).train_step``: the
+objective, remat policy, optimizer and shardings of training), lowered with
+abstract inputs over a mesh of the slice's devices (from libtpu, no TPU
+present) and compiled by the XLA TPU compiler. From the compiled program:
+
+- **HBM per chip**: ``memory_analysis()`` — arguments + outputs − aliased
+  (the donated state) + temporaries + code, against what the compiler allows
+  per chip. A compile that runs out of HBM is caught and its figure parsed.
+- **Collectives**: counted in ``as_text()`` with loop bodies multiplied by
+  their trip counts (plan/hlo.py).
+- **FLOPs and step time**: ``cost_analysis()`` counts a ``while`` body once,
+  not once per iteration, so on the scanned program it sees one layer of
+  many, and the TPU compiler's windowed einsums (collective matmuls, also
+  loops) hide part of every sharded matmul. The cost therefore comes from
+  two extra compiles of the same step with 1 and 2 unrolled layers and
+  windowed einsums off (no loops at all), extrapolated linearly to the
+  configured depth: cost(L) = cost(1) + (L − 1)·(cost(2) − cost(1)). Layers
+  are identical, so this is exact up to the compiler's choices (checked
+  against a fully unrolled 16-layer compile: FLOPs and estimated time agree
+  to 0.1%). With gradient accumulation the probes run one micro-batch and the
+  step costs A of them (the optimizer update is then counted A times; it is
+  memory-bound and small next to forward and backward).
+
+``optimal_seconds`` is the compiler's own estimate of the run time, a sum of
+its per-operation cost model; it is not a measurement. The cost model scores
+an operation it cannot estimate (a top-level custom-call such as
+ConcatBitcast) as −1 s; those are counted in the HLO and added back
+(hlo.uncosted_custom_calls), so the estimate leaves them out. MFU here is model
+FLOPs (models/flops.py, the trainer's MFU numerator) over that estimated
+time and the chip's peak.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import re
+import time
+from typing import Any, Callable, Mapping
+
+from ml_collections import ConfigDict
+
+from polyglot_jax import mesh as mesh_lib
+from polyglot_jax.plan import hlo, topologies
+from polyglot_jax.plan.errors import PlanError
+
+GIB = topologies.GIB
+# Collective matmuls are loops; off in the cost probes so every dot is counted.
+NO_WINDOWED_EINSUM = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                      "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+# Logical axis name of a weight dimension → the config.model field that sizes it.
+_MODEL_DIMS = {"vocab": "vocab_size", "embed": "d_model", "heads": "num_heads", "kv_heads": "num_kv_heads",
+               "mlp": "mlp_dim", "head_dim": "head_dim", "layers": "num_layers"}
+
+
+@dataclasses.dataclass
+class StepPlan:
+  """What one (config, slice, mesh) needs and how fast the compiler thinks it runs."""
+  topology: str
+  chips: int
+  mesh: dict[str, int]
+  remat_policy: str
+  global_batch_size: int
+  grad_accum_steps: int
+  seq_len: int
+  parameters: int
+  fits: bool
+  hbm_needed_bytes: float
+  hbm_available_bytes: float
+  memory_source: str  # memory_analysis | compile error | state bytes (no compile)
+  memory: dict[str, float] = dataclasses.field(default_factory=dict)
+  note: str = ""  # Why it does not fit, in one line.
+  tokens_per_step: int = 0
+  model_flops_per_step: float = 0.0  # models/flops.py × tokens (all chips).
+  compiled_flops_per_step: float | None = None  # The compiler's count, all chips (remat recompute included).
+  step_seconds: float | None = None  # Compiler estimate (optimal_seconds), not a measurement.
+  tokens_per_sec_per_chip: float | None = None
+  mfu: float | None = None
+  collectives: dict[str, Any] = dataclasses.field(default_factory=dict)
+  compile_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  @property
+  def headroom_bytes(self) -> float:
+    return self.hbm_available_bytes - self.hbm_needed_bytes
+
+  def to_dict(self) -> dict:
+    out = dataclasses.asdict(self)
+    out["headroom_bytes"] = self.headroom_bytes
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Mesh and divisibility checks (one-line errors naming both numbers)
+# ---------------------------------------------------------------------------
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  """``fsdp=64,tensor=4`` → {"fsdp": 64, "tensor": 4} (unnamed axes are 1)."""
+  out = {}
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    name, eq, value = part.partition("=")
+    if not eq or name not in mesh_lib.MESH_AXES:
+      raise PlanError(f"--mesh '{text}': write axis=size pairs over {mesh_lib.MESH_AXES}, e.g. fsdp=64,tensor=4")
+    try:
+      out[name] = int(value)
+    except ValueError:
+      raise PlanError(f"--mesh '{text}': size of '{name}' must be an integer, got '{value}'") from None
+  return out
+
+
+def mesh_sizes(axes: Mapping[str, int], tpu: topologies.TpuSlice) -> dict[str, int]:
+  """All four axis sizes for ``tpu``; a product other than the chip count names both."""
+  sizes = {name: int(axes.get(name, 1)) for name in mesh_lib.MESH_AXES}
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  free = [n for n, s in sizes.items() if s == -1]
+  described = ",".join(f"{n}={s}" for n, s in sizes.items() if s != 1)
+  cores = " (v4/v5p names count TensorCores, 2 per chip)" if tpu.generation.cores_per_chip > 1 else ""
+  if not free and fixed != tpu.chips:
+    raise PlanError(f"mesh {described} needs {fixed} chips but {tpu.name} has {tpu.chips}{cores}; "
+                    "make the axis sizes multiply to the chip count or set one to -1")
+  if free and (len(free) > 1 or tpu.chips % fixed):
+    raise PlanError(f"mesh {described}: the fixed axes multiply to {fixed}, which does not divide the "
+                    f"{tpu.chips} chips of {tpu.name}{cores}")
+  return mesh_lib.resolve_mesh_shape(sizes, tpu.chips)
+
+
+def check_divisible(config: ConfigDict, sizes: Mapping[str, int]) -> None:
+  """Every sharded model dimension and the batch must divide by their mesh axes."""
+  rules = dict(mesh_lib.rules_tuple(config.logical_axis_rules))
+  m = config.model
+  head_dim = m.head_dim if m.head_dim > 0 else m.d_model // m.num_heads
+
+  def axes_of(logical):
+    target = rules.get(logical)
+    return (target,) if isinstance(target, str) else tuple(target or ())
+
+  for logical, key in _MODEL_DIMS.items():
+    axes = axes_of(logical)
+    shards = math.prod(sizes[a] for a in axes)
+    value = head_dim if key == "head_dim" else m[key]
+    if shards > 1 and value % shards:
+      raise PlanError(f"config.model.{key}={value} is not divisible by mesh {'×'.join(axes)}={shards} "
+                      f"(logical axis '{logical}'); change one of them")
+  batch_axes = axes_of("batch")
+  shards = math.prod(sizes[a] for a in batch_axes)
+  accum = config.optimizer.grad_accum_steps
+  micro = config.data.global_batch_size // accum
+  if micro % shards:
+    raise PlanError(f"config.data.global_batch_size={config.data.global_batch_size} gives {micro} rows per "
+                    f"micro-batch (grad_accum_steps={accum}), which is not divisible by mesh "
+                    f"{'×'.join(batch_axes)}={shards}; change the batch or the mesh")
+
+
+def with_overrides(config: ConfigDict, values: Mapping[str, Any]) -> ConfigDict:
+  """A copy of the (locked) config with dotted keys replaced."""
+  from polyglot_jax import configs as config_lib
+  out = copy.deepcopy(config)
+  for key, value in values.items():
+    config_lib.set_key(out, key, value, from_string=False)
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Compiling
+# ---------------------------------------------------------------------------
+
+
+def default_num_languages(config: ConfigDict) -> int:
+  """Languages of the objective's per-language metrics (1 when the config lists none)."""
+  return max(1, len(config.data.languages))
+
+
+def build_setup(config: ConfigDict, sizes: Mapping[str, int], devices, num_languages: int):
+  """The trainer's Setup over a mesh of ``devices`` and its abstract batch."""
+  from polyglot_jax.train import trainer
+  mesh = mesh_lib.make_mesh(sizes, devices=devices)
+  setup = trainer.build(config, num_languages, mesh=mesh)
+  return setup, trainer.abstract_batch(setup)
+
+
+def per_chip_bytes(tree, sizes: Mapping[str, int] | None = None) -> float:
+  """Bytes one chip holds of a tree of sharded ShapeDtypeStructs (its largest shard).
+
+  With ``sizes``, as if the same PartitionSpecs were laid over a mesh of those
+  axis sizes: the specs name mesh axes, not sizes, so one abstract state
+  serves every mesh shape a search tries.
+  """
+  import jax
+  total = 0.0
+  for leaf in jax.tree.leaves(tree):
+    if sizes is None:
+      shape = leaf.sharding.shard_shape(leaf.shape)
+    else:
+      spec = tuple(leaf.sharding.spec) + (None,) * (len(leaf.shape) - len(leaf.sharding.spec))
+      shape = []
+      for dim, axes in zip(leaf.shape, spec):
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        shape.append(-(-dim // math.prod(sizes[a] for a in axes)))
+    total += math.prod(shape) * leaf.dtype.itemsize
+  return total
+
+
+_OOM = re.compile(r"required for ([^(]*?)\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)")
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def parse_oom(message: str) -> tuple[float, float, str] | None:
+  """(bytes required, bytes available, what) from the TPU compiler's out-of-HBM error."""
+  m = _OOM.search(message)
+  if not m:
+    return None
+  return (float(m.group(2)) * _UNITS[m.group(3)], float(m.group(4)) * _UNITS[m.group(5)], m.group(1).strip())
+
+
+def _is_oom(error: Exception) -> bool:
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "out of memory" in text.lower()
+
+
+def _compile(lowered, options: Mapping[str, Any] | None = None):
+  if options:
+    try:
+      return lowered.compile(compiler_options=dict(options))
+    except Exception as e:  # noqa: BLE001 — an older libtpu may not know a flag: compile as training would.
+      if _is_oom(e):
+        raise
+      logging.warning("compile with %s failed (%s); compiling with default options", options, str(e)[:200])
+  return lowered.compile()
+
+
+def _cost(compiled) -> tuple[float, float | None]:
+  """(FLOPs per chip, estimated seconds) of a loop-free program; seconds None if the compiler gave none."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  flops = float(analysis.get("flops", 0.0) or 0.0)
+  seconds = analysis.get("optimal_seconds")
+  if seconds is None:
+    return flops, None
+  # Operations the cost model cannot score count −1 s each; add them back.
+  seconds = float(seconds) + hlo.uncosted_custom_calls(compiled.as_text())
+  return flops, (seconds if seconds > 0 else None)
+
+
+def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_languages: int,
+               log: Callable[[str], None]) -> tuple[float, float | None, dict[str, float]]:
+  """(FLOPs per chip, estimated seconds, compile seconds) of one step, from 1- and 2-layer compiles."""
+  accum = config.optimizer.grad_accum_steps
+  layers = config.model.num_layers
+  base = {"model.scan_layers": False, "optimizer.grad_accum_steps": 1,
+          "data.global_batch_size": config.data.global_batch_size // accum}
+  results, timings = [], {}
+  for depth in sorted({1, min(2, layers)}):
+    probe = with_overrides(config, dict(base, **{"model.num_layers": depth}))
+    setup, batch = build_setup(probe, sizes, devices, num_languages)
+    t = time.perf_counter()
+    log(f"  cost probe: {depth} unrolled layer(s)")
+    compiled = _compile(setup.train_step.lower(setup.abstract_state, batch), NO_WINDOWED_EINSUM)
+    timings[f"probe_{depth}_layer"] = time.perf_counter() - t
+    results.append(_cost(compiled))
+  (f1, s1) = results[0]
+  (f2, s2) = results[-1] if layers > 1 else results[0]
+  flops = f1 + (layers - 1) * (f2 - f1)
+  seconds = s1 + (layers - 1) * (s2 - s1) if s1 is not None and s2 is not None else None
+  return flops * accum, (seconds * accum if seconds is not None else None), timings
+
+
+def plan_step(config: ConfigDict, topology: str, mesh: Mapping[str, int] | None = None,
+              num_languages: int | None = None, estimate_cost: bool = True,
+              log: Callable[[str], None] = lambda s: None) -> StepPlan:
+  """Compiles config's train step for slice ``topology`` and reports memory, collectives and cost.
+
+  Args:
+    config: a validated, locked config (the trainer's).
+    topology: a slice name from plan/topologies.py, e.g. "v5p-256".
+    mesh: mesh axis sizes (one may be -1); default: config.mesh.
+    num_languages: languages of the objective's per-language metrics; default len(config.data.languages) or 1.
+    estimate_cost: also run the 1- and 2-layer cost compiles (FLOPs, step time, MFU) when the step fits.
+    log: progress lines (compiles take seconds to minutes).
+
+  Returns:
+    a StepPlan; ``fits`` False with ``note`` "does not fit: needs X GiB of Y GiB per chip" when it does not.
+  """
+  import jax
+  from polyglot_jax.models.config import ModelConfig
+  from polyglot_jax.models.flops import train_flops_per_token
+  tpu = topologies.get(topology)
+  devices = topologies.devices(tpu.name)
+  sizes = mesh_sizes(mesh if mesh is not None else config.mesh.to_dict(), tpu)
+  check_divisible(config, sizes)
+  config = with_overrides(config, {f"mesh.{k}": v for k, v in sizes.items()})
+  num_languages = num_languages or default_num_languages(config)
+  d = config.data
+  tokens = d.global_batch_size * d.seq_len
+  plan = StepPlan(
+      topology=tpu.name, chips=tpu.chips, mesh=sizes, remat_policy=config.model.remat_policy,
+      global_batch_size=d.global_batch_size, grad_accum_steps=config.optimizer.grad_accum_steps,
+      seq_len=d.seq_len, parameters=0, fits=False, hbm_needed_bytes=0.0, hbm_available_bytes=tpu.hbm_bytes,
+      memory_source="", tokens_per_step=tokens,
+      model_flops_per_step=train_flops_per_token(ModelConfig.from_config(config.model), d.seq_len) * tokens)
+
+  setup, batch = build_setup(config, sizes, devices, num_languages)
+  plan.parameters = sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state.params))
+  state_bytes = per_chip_bytes(setup.abstract_state)
+  batch_bytes = per_chip_bytes(batch)
+  plan.memory = {"state": state_bytes, "batch": batch_bytes}
+  if state_bytes > tpu.hbm_bytes:
+    # Parameters and optimizer state alone overflow: no compile needed to say so.
+    plan.hbm_needed_bytes, plan.memory_source = state_bytes + batch_bytes, "state bytes (no compile)"
+    plan.note = (f"does not fit: needs {gib_text(state_bytes)} GiB of {gib_text(tpu.hbm_bytes)} GiB per chip "
+                 "for parameters and optimizer state alone")
+    return plan
+
+  log(f"  compiling the train step: {tpu.name}, mesh {mesh_text(sizes)}, remat {config.model.remat_policy}, "
+      f"batch {d.global_batch_size}×{d.seq_len}" + (f" in {plan.grad_accum_steps} micro-batches"
+                                                    if plan.grad_accum_steps > 1 else ""))
+  t = time.perf_counter()
+  try:
+    compiled = _compile(setup.train_step.lower(setup.abstract_state, batch))
+  except Exception as e:  # noqa: BLE001 — only out-of-memory is an answer; anything else is re-raised.
+    plan.compile_seconds["step"] = time.perf_counter() - t
+    if not _is_oom(e):
+      raise
+    parsed = parse_oom(str(e))
+    if parsed is None:
+      first = str(e).strip().splitlines()[0][:300]
+      plan.memory_source, plan.note = "compile error", f"does not fit: the TPU compiler ran out of HBM ({first})"
+      return plan
+    required, available, what = parsed
+    plan.hbm_needed_bytes = required + state_bytes + batch_bytes
+    plan.memory.update(temporaries=required)
+    plan.memory_source = f"compile error ({what})"
+    plan.note = f"does not fit: needs {gib_text(plan.hbm_needed_bytes)} GiB of {gib_text(available)} GiB per chip"
+    return plan
+  plan.compile_seconds["step"] = time.perf_counter() - t
+
+  ma = compiled.memory_analysis()
+  plan.memory.update(arguments=ma.argument_size_in_bytes, outputs=ma.output_size_in_bytes,
+                     aliased=ma.alias_size_in_bytes, temporaries=ma.temp_size_in_bytes,
+                     code=ma.generated_code_size_in_bytes)
+  plan.hbm_needed_bytes = float(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+                                + ma.temp_size_in_bytes + ma.generated_code_size_in_bytes)
+  plan.memory_source = "memory_analysis"
+  plan.fits = plan.hbm_needed_bytes <= tpu.hbm_bytes
+  if not plan.fits:
+    plan.note = f"does not fit: needs {gib_text(plan.hbm_needed_bytes)} GiB of {gib_text(tpu.hbm_bytes)} GiB per chip"
+  plan.collectives = hlo.collectives(compiled.as_text())
+  del compiled
+
+  if estimate_cost and plan.fits:
+    flops, seconds, timings = probe_cost(config, sizes, devices, num_languages, log)
+    plan.compile_seconds.update(timings)
+    fill_cost(plan, tpu, flops, seconds)
+  return plan
+
+
+def fill_cost(plan: StepPlan, tpu: topologies.TpuSlice, flops_per_chip: float, seconds: float | None) -> None:
+  """Sets FLOPs, estimated step time, tokens/s/chip and MFU from a cost probe."""
+  plan.compiled_flops_per_step = flops_per_chip * tpu.chips
+  plan.step_seconds = seconds
+  if seconds:
+    plan.tokens_per_sec_per_chip = plan.tokens_per_step / seconds / tpu.chips
+    plan.mfu = plan.model_flops_per_step / (seconds * tpu.chips * tpu.generation.peak_bf16_flops)
+
+
+def gib_text(n: float) -> str:
+  return f"{n / GIB:.1f}" if n >= 100 * GIB else f"{n / GIB:.2f}"
+
+
+def mesh_text(sizes: Mapping[str, int]) -> str:
+  return ",".join(f"{k}={v}" for k, v in sizes.items() if v != 1) or "1 chip"
