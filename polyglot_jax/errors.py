@@ -6,8 +6,10 @@ from polyglot_jax.data.pipeline import DataError
 from polyglot_jax.mesh import MeshError
 from polyglot_jax.train.checkpoint import CheckpointError
 from polyglot_jax.data.mixing import MixtureError
+from polyglot_jax.interop import ConvertError
+from polyglot_jax.plan.errors import PlanError
 from polyglot_jax.tokenizer.report import ReportError
 from polyglot_jax.train.trainer import TrainingError
 
 USER_ERRORS = (ConfigError, DataError, MeshError, CheckpointError, TrainingError, UnknownLanguageError,
-               MixtureError, ReportError)
+               MixtureError, ReportError, ConvertError, PlanError)

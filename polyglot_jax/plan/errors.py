@@ -1,4 +1,4 @@
-"""The planner's user error (add PlanError to polyglot_jax.errors.USER_ERRORS)."""
+"""The planner's user error (one of polyglot_jax.errors.USER_ERRORS)."""
 
 
 class PlanError(ValueError):
