@@ -113,7 +113,16 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def mesh_sizes(axes: Mapping[str, int], tpu: topologies.TpuSlice) -> dict[str, int]:
-  """All four axis sizes for ``tpu``; a product other than the chip count names both."""
+  """All four mesh axis sizes for slice ``tpu``.
+
+  Args:
+    axes: axis name → size (from --mesh or config.mesh); one may be -1 (the rest of the chips).
+    tpu: the slice.
+
+  Returns:
+    {data, fsdp, tensor, expert} sizes multiplying to the chip count; otherwise a
+    PlanError naming the mesh's chip count and the slice's.
+  """
   sizes = {name: int(axes.get(name, 1)) for name in mesh_lib.MESH_AXES}
   fixed = math.prod(s for s in sizes.values() if s != -1)
   free = [n for n, s in sizes.items() if s == -1]
@@ -129,7 +138,12 @@ def mesh_sizes(axes: Mapping[str, int], tpu: topologies.TpuSlice) -> dict[str, i
 
 
 def check_divisible(config: ConfigDict, sizes: Mapping[str, int]) -> None:
-  """Every sharded model dimension and the batch must divide by their mesh axes."""
+  """Raises a PlanError naming both numbers unless each sharded dimension divides by its mesh axes.
+
+  Args:
+    config: the run's config (model dims, logical_axis_rules, batch, grad_accum_steps).
+    sizes: mesh axis sizes.
+  """
   rules = dict(mesh_lib.rules_tuple(config.logical_axis_rules))
   m = config.model
   head_dim = m.head_dim if m.head_dim > 0 else m.d_model // m.num_heads
@@ -185,9 +199,14 @@ def build_setup(config: ConfigDict, sizes: Mapping[str, int], devices, num_langu
 def per_chip_bytes(tree, sizes: Mapping[str, int] | None = None) -> float:
   """Bytes one chip holds of a tree of sharded ShapeDtypeStructs (its largest shard).
 
-  With ``sizes``, as if the same PartitionSpecs were laid over a mesh of those
-  axis sizes: the specs name mesh axes, not sizes, so one abstract state
-  serves every mesh shape a search tries.
+  Args:
+    tree: ShapeDtypeStructs with NamedShardings (e.g. Setup.abstract_state).
+    sizes: if given, lay the same PartitionSpecs over a mesh of these axis
+      sizes instead: specs name mesh axes, not sizes, so one abstract state
+      serves every mesh shape a search tries.
+
+  Returns:
+    bytes, before the TPU pads small dimensions to its tiles.
   """
   import jax
   total = 0.0
@@ -248,7 +267,19 @@ def _cost(compiled) -> tuple[float, float | None]:
 
 def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_languages: int,
                log: Callable[[str], None]) -> tuple[float, float | None, dict[str, float]]:
-  """(FLOPs per chip, estimated seconds, compile seconds) of one step, from 1- and 2-layer compiles."""
+  """Cost of one train step from compiles of the same step with 1 and 2 unrolled layers.
+
+  Args:
+    config: the step's config, mesh sizes already set.
+    sizes: mesh axis sizes.
+    devices: the slice's devices.
+    num_languages: languages of the objective's metrics.
+    log: progress lines.
+
+  Returns:
+    (FLOPs per chip, estimated seconds or None, {probe name: compile seconds}),
+    extrapolated to config.model.num_layers and multiplied by grad_accum_steps.
+  """
   accum = config.optimizer.grad_accum_steps
   layers = config.model.num_layers
   base = {"model.scan_layers": False, "optimizer.grad_accum_steps": 1,

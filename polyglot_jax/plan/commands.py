@@ -23,15 +23,7 @@ def _progress(line: str) -> None:
 
 
 def main(argv: list[str], overrides: list[str]) -> int:
-  from polyglot_jax.plan.errors import PlanError
-  try:
-    return _plan(argv, overrides)
-  except PlanError as e:  # One line, as the CLI prints its USER_ERRORS (until PlanError joins them).
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-
-
-def _plan(argv: list[str], overrides: list[str]) -> int:
+  """Runs ``polyglot-jax plan``; PlanError and ConfigError reach the CLI, which prints them as one line."""
   parser = argparse.ArgumentParser(prog="polyglot-jax plan", description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", required=True, help="ml_collections config file (configs/*.py)")
   parser.add_argument("--topology", required=True, help="Cloud TPU slice, e.g. v5p-256, v5e-16, v4-32, v6e-64")
@@ -45,6 +37,8 @@ def _plan(argv: list[str], overrides: list[str]) -> int:
   args = parser.parse_args(argv)
 
   import jax
+
+  from polyglot_jax.plan.errors import PlanError
   # The compile targets the TPU slice's devices from libtpu; nothing runs on a
   # local device, so JAX never needs to probe for a local TPU.
   jax.config.update("jax_platforms", "cpu")
@@ -56,7 +50,12 @@ def _plan(argv: list[str], overrides: list[str]) -> int:
   out = {"config": args.config, "overrides": list(overrides), "topology": tpu.name, "chips": tpu.chips,
          "hbm_bytes_per_chip": tpu.hbm_bytes, "peak_bf16_flops_per_chip": tpu.generation.peak_bf16_flops}
   if args.search:
+    if args.mesh:
+      raise PlanError("--mesh and --search both given: --search tries the mesh shapes itself; drop one")
     remats = tuple(r for r in args.remat.split(",") if r)
+    unknown = [r for r in remats if r not in search.REMAT_ORDER]
+    if unknown or not remats:
+      raise PlanError(f"--remat {args.remat}: policies are {', '.join(search.REMAT_ORDER)}")
     result = search.search(config, tpu.name, remats=remats, max_compiles=args.max_compiles, log=_progress)
     print(report.format_search(result, tpu))
     out["search"] = {"ranked": [p.to_dict() for p in result.ranked], "tried": [p.to_dict() for p in result.tried],

@@ -191,7 +191,7 @@ def _state_only_plan(config: ConfigDict, tpu: topologies.TpuSlice, sizes: dict[s
   d = config.data
   tokens = d.global_batch_size * d.seq_len
   return aot.StepPlan(
-      topology=tpu.name, chips=tpu.chips, mesh=dict(sizes), remat_policy=config.model.remat_policy,
+      topology=tpu.name, chips=tpu.chips, mesh=dict(sizes), remat_policy="any",
       global_batch_size=d.global_batch_size, grad_accum_steps=config.optimizer.grad_accum_steps,
       seq_len=d.seq_len, parameters=parameters, fits=False, hbm_needed_bytes=state, hbm_available_bytes=tpu.hbm_bytes,
       memory_source="state bytes (no compile)", memory={"state": state}, tokens_per_step=tokens,
