@@ -59,3 +59,15 @@ def tiny_config(demo_data, **overrides):
 @pytest.fixture
 def make_config(demo_data):
   return lambda **kw: tiny_config(demo_data, **kw)
+
+
+def take_batches(it, n):
+  """The next n batches of a data iterator."""
+  return [next(it) for _ in range(n)]
+
+
+def batches_equal(a, b):
+  """Two lists of batches hold the same arrays in every field."""
+  import numpy as np
+  from polyglot_jax.data.packing import FIELDS
+  return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in FIELDS)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import batches_equal as _equal, take_batches as _take, tiny_config
 from polyglot_jax.data import backends, doc_sources, stream
 from polyglot_jax.data.packing import FIELDS, pack_documents
 from polyglot_jax.data.pipeline import DataError
@@ -33,14 +33,6 @@ def _config(demo_data, train, **kw):
                 data__seq_len=32, data__global_batch_size=4, data__mixture__method="proportional")
   values.update(kw)
   return tiny_config(demo_data, **values)
-
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _equal(a, b):
-  return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in FIELDS)
 
 
 def test_resume_equals_uninterrupted(demo_data, tmp_path):

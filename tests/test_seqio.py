@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import batches_equal as _equal, take_batches as _take, tiny_config
 from polyglot_jax.data import backends, seqio_tasks
 from polyglot_jax.data.packing import FIELDS
 
@@ -54,14 +54,6 @@ def _config(demo_data, **kw):
                 data__mixture__method="proportional", data__eval_max_rows=0)
   values.update(kw)
   return tiny_config(demo_data, **values)
-
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _equal(a, b):
-  return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in FIELDS)
 
 
 def _documents(batches, processor):

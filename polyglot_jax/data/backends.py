@@ -87,7 +87,7 @@ def _grain(config: ConfigDict, workdir: str) -> Data:
   sample = {code: [r[i] for i in range(min(len(r), d.size_sample_docs))] for code, r in readers.items()}
   estimate = doc_sources.estimate_tokens(sample, {code: len(r) for code, r in readers.items()}, processor)
   sizes = {code: estimate[code]["tokens"] for code in readers}
-  rates = _rates(config, sizes, languages)
+  rates = language_rates(config, sizes, languages)
   weights = document_weights(rates, {code: estimate[code]["tokens_per_doc"] for code in readers})
   ids = {code: i for i, code in enumerate(languages)}
   documents = grain_pipeline.host_documents({ids[c]: r for c, r in readers.items()},
@@ -107,7 +107,7 @@ def _grain(config: ConfigDict, workdir: str) -> Data:
   return Data(languages, train, held_out, rates, sizes, rejected)
 
 
-def _rates(config: ConfigDict, sizes: dict[str, float], languages) -> dict[str, float]:
+def language_rates(config: ConfigDict, sizes: dict[str, float], languages) -> dict[str, float]:
   try:
     rates = mixing.rates_from_config(config.data.mixture, sizes, run_tokens(config))
   except (mixing.MixtureError, langs.UnknownLanguageError) as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections import Counter
 from typing import Iterator, Sequence
 
@@ -116,14 +117,15 @@ def index_documents(train_files: Sequence[str], language_files: Sequence, what: 
 class DocReader:
   """Random access to one language's documents (a grain RandomAccessDataSource).
 
-  Opens files lazily and per process, so it pickles into grain's worker
-  processes without carrying open handles.
+  Opens files lazily, per process and per thread: grain reads with several
+  threads, and a shared handle's seek + readline would interleave between
+  them. It pickles into grain's worker processes without open handles.
   """
 
   def __init__(self, index: LanguageIndex, lang: str):
     self.index = index
     self.lang = lang
-    self._handles: dict[int, object] = {}
+    self._local = threading.local()
 
   def __len__(self) -> int:
     return len(self.index)
@@ -131,14 +133,15 @@ class DocReader:
   def __getitem__(self, i: int) -> str:
     file_id, key = int(self.index.file_ids[i]), int(self.index.keys[i])
     path = self.index.files[file_id]
-    handle = self._handles.get(file_id)
+    handles = self._local.__dict__.setdefault("handles", {})
+    handle = handles.get(file_id)
     if handle is None:
       if is_array_record(path):
         from array_record.python.array_record_module import ArrayRecordReader
         handle = ArrayRecordReader(path, "readahead_buffer_size:0")
       else:
         handle = open(path, "rb")
-      self._handles[file_id] = handle
+      handles[file_id] = handle
     if is_array_record(path):
       raw = handle.read([key])[0]
     else:
@@ -150,7 +153,10 @@ class DocReader:
     return parsed[0]
 
   def __getstate__(self):
-    return {"index": self.index, "lang": self.lang, "_handles": {}}
+    return {"index": self.index, "lang": self.lang}
+
+  def __setstate__(self, state):
+    self.__init__(state["index"], state["lang"])
 
   def __repr__(self) -> str:
     return f"DocReader({self.lang}, {len(self)} documents)"

@@ -251,7 +251,7 @@ def make_data(config: ConfigDict, workdir: str) -> backends.Data:
       raise DataError(f"seqio task {name} yields no documents; check its files or TFDS split")
     per_doc[lang] = float(np.mean(lengths))
     sizes[lang] = per_doc[lang] * docs
-  rates = backends._rates(config, sizes, languages)
+  rates = backends.language_rates(config, sizes, languages)
   weights = backends.document_weights(rates, per_doc)
   mixture = register_mixture(f"polyglot.{prefix}.mixture", {tasks[c]: w for c, w in weights.items()})
   shard = (jax.process_index(), jax.process_count())
