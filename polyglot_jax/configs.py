@@ -17,10 +17,9 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 from ml_collections import ConfigDict
+from polyglot_jax.errors import ConfigError  # noqa: F401  (re-exported)
 
 
-class ConfigError(ValueError):
-  """A config problem a user can fix; the message names the key and what to do."""
 
 
 DEFAULT_RULES = (
@@ -126,6 +125,16 @@ def default_config() -> ConfigDict:
   c.optimizer.b2 = 0.95  # AdamW beta2.
   c.optimizer.eps = 1e-8  # AdamW epsilon.
   c.optimizer.weight_decay = 0.1  # Decoupled weight decay (matrices only; norms are excluded).
+  # Weight decay on the embedding table and the untied LM head too (as most Llama recipes do);
+  # false spares them (as GPT-NeoX/OLMo do). Norm scales and biases are never decayed.
+  c.optimizer.decay_embeddings = True
+  # dtype of AdamW's first moment; "" follows the parameter dtype (bf16 parameters then get
+  # bf16 moments). "float32" keeps it in float32 whatever the parameters are stored in.
+  c.optimizer.mu_dtype = ""
+  # "float32": keep a float32 master copy of bf16 parameters in the optimizer state; updates
+  # are applied to the master copy and the parameters are its rounding. "" applies updates
+  # to the stored parameters directly.
+  c.optimizer.master_dtype = ""
   c.optimizer.clip_norm = 1.0  # Global gradient-norm clipping; 0 disables.
   c.optimizer.grad_accum_steps = 1  # Micro-batches per update (the batch is split, the update is one).
   c.optimizer.z_loss = 0.0  # Weight of the log(Z)^2 auxiliary loss (PaLM uses 1e-4).

@@ -19,14 +19,13 @@ import numpy as np
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from polyglot_jax.errors import MeshError  # noqa: F401  (re-exported)
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 # Mesh axes the batch dimension is split over (each host feeds its shard).
 BATCH_AXES = ("data", "fsdp")
 
 
-class MeshError(ValueError):
-  """A mesh that does not fit the devices, or a rule that names no mesh axis."""
 
 
 def resolve_mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:

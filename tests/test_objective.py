@@ -128,14 +128,14 @@ def test_frozen_parameters_get_no_optimizer_state_and_do_not_move(make_config):
 
 
 def test_weight_decay_mask_spares_norms_and_biases():
-  from polyglot_jax.train.state import decay_mask
+  from polyglot_jax.train.optimizer import decay_mask
   mask = decay_mask({"embedding": 0, "blocks": {"attn": {"q_proj": 0, "q_bias": 0}, "attn_norm": {"scale": 0}}})
   assert mask == {"embedding": True, "blocks": {"attn": {"q_proj": True, "q_bias": False}, "attn_norm": {"scale": False}}}
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
 def test_learning_rate_schedules(make_config, schedule):
-  from polyglot_jax.train.state import learning_rate_schedule
+  from polyglot_jax.train.optimizer import learning_rate_schedule
   opt = make_config(optimizer__schedule=schedule, optimizer__learning_rate=1.0, optimizer__warmup_steps=10,
                     optimizer__end_lr_ratio=0.1).optimizer
   lr = learning_rate_schedule(opt, 110)

@@ -14,7 +14,7 @@ import pytest
 from polyglot_jax import configs as config_lib
 from polyglot_jax.data.languages import MC4_LANGUAGES
 from polyglot_jax.plan import aot, hlo, run_plan, search, topologies
-from polyglot_jax.plan.errors import PlanError
+from polyglot_jax.errors import PlanError
 from conftest import REPO
 
 needs_libtpu = pytest.mark.skipif(

@@ -9,6 +9,7 @@ are one language, and an unknown code is an error that names it.
 from __future__ import annotations
 
 import dataclasses
+from polyglot_jax.errors import UnknownLanguageError  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +155,6 @@ for _lang in _LANGUAGES:
     _ALIASES[_alias] = _lang.code
 
 
-class UnknownLanguageError(ValueError):
-  pass
 
 
 def resolve(code: str) -> str:

@@ -20,10 +20,9 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+from polyglot_jax.errors import MixtureError  # noqa: F401  (re-exported)
 
 
-class MixtureError(ValueError):
-  """An impossible mixture; the message names the language."""
 
 
 def _check_sizes(sizes: Mapping[str, float]) -> None:

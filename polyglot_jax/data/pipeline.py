@@ -18,10 +18,9 @@ import numpy as np
 from polyglot_jax.data import languages as langs
 from polyglot_jax.data.mixing import MixtureSampler
 from polyglot_jax.data.packing import FIELDS, pack_documents
+from polyglot_jax.errors import DataError  # noqa: F401  (re-exported)
 
 
-class DataError(ValueError):
-  """Unreadable or unusable input; the message names the file and what to do."""
 
 
 def expand_files(patterns: Sequence[str], what: str) -> list[str]:

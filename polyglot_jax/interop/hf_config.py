@@ -16,7 +16,7 @@ import math
 import os
 from typing import Any, Mapping
 
-from polyglot_jax.train.checkpoint import CheckpointError
+from polyglot_jax.errors import ConvertError  # noqa: F401  (re-exported)
 
 # Hugging Face class name → our short name (--architecture).
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}
@@ -34,11 +34,6 @@ TIE_DEFAULT = False
 ROPE_THETA_DEFAULT = 10000.0
 
 
-class ConvertError(CheckpointError):
-  """A checkpoint that cannot be converted exactly; the message names the file, key or tensor.
-
-  A subclass of CheckpointError so that the CLI prints it as one line (errors.USER_ERRORS).
-  """
 
 
 def read_json(path: str) -> dict:

@@ -10,6 +10,6 @@
 Needs libtpu (``pip install -e '.[tpu]'``); nothing here needs a TPU or data files.
 """
 
-from polyglot_jax.plan.errors import PlanError
+from polyglot_jax.errors import PlanError
 
 __all__ = ["PlanError"]

@@ -46,7 +46,7 @@ from ml_collections import ConfigDict
 
 from polyglot_jax import mesh as mesh_lib
 from polyglot_jax.plan import hlo, topologies
-from polyglot_jax.plan.errors import PlanError
+from polyglot_jax.errors import PlanError
 
 GIB = topologies.GIB
 # Collective matmuls are loops; off in the cost probes so every dot is counted.

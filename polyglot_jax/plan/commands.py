@@ -38,7 +38,7 @@ def main(argv: list[str], overrides: list[str]) -> int:
 
   import jax
 
-  from polyglot_jax.plan.errors import PlanError
+  from polyglot_jax.errors import PlanError
   # The compile targets the TPU slice's devices from libtpu; nothing runs on a
   # local device, so JAX never needs to probe for a local TPU.
   jax.config.update("jax_platforms", "cpu")

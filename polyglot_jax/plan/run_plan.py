@@ -15,7 +15,7 @@ from importlib import resources
 
 from ml_collections import ConfigDict
 
-from polyglot_jax.plan.errors import PlanError
+from polyglot_jax.errors import PlanError
 
 SECONDS_PER_DAY = 86400.0
 

@@ -34,7 +34,7 @@ from ml_collections import ConfigDict
 
 from polyglot_jax import mesh as mesh_lib
 from polyglot_jax.plan import aot, topologies
-from polyglot_jax.plan.errors import PlanError
+from polyglot_jax.errors import PlanError
 
 REMAT_ORDER = ("none", "dots", "full")
 

@@ -23,7 +23,7 @@ import importlib.util
 import math
 import os
 
-from polyglot_jax.plan.errors import PlanError
+from polyglot_jax.errors import PlanError
 
 GIB = 2 ** 30
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from typing import Callable, Iterable, Sequence
+from polyglot_jax.errors import ReportError  # noqa: F401  (re-exported)
 
 
-class ReportError(ValueError):
-  pass
 
 
 def parallel_sentences(records: Iterable[dict]) -> dict[str, dict[str, str]]:

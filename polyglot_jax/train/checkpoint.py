@@ -18,10 +18,9 @@ from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from polyglot_jax.errors import CheckpointError  # noqa: F401  (re-exported)
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot serve this run; the message says what to do."""
 
 
 def shape_signature(abstract_state: Any) -> dict[str, list[int]]:

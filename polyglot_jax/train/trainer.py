@@ -34,12 +34,11 @@ from polyglot_jax.objectives import make_objective
 from polyglot_jax.train import metrics as metrics_lib
 from polyglot_jax.train.checkpoint import CheckpointError, Checkpointer, shape_signature
 from polyglot_jax.train.profiling import StepProfiler
-from polyglot_jax.train.state import (TrainState, join_params, keep_if, learning_rate_schedule, make_optimizer,
-                                     split_params)
+from polyglot_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from polyglot_jax.train.state import TrainState, join_params, keep_if, split_params
+from polyglot_jax.errors import TrainingError  # noqa: F401  (re-exported)
 
 
-class TrainingError(RuntimeError):
-  """Training cannot go on; the message says why and what to do."""
 
 
 @dataclasses.dataclass
