@@ -1,0 +1,13 @@
+"""polyglot_jax: pretrain and align multilingual decoder LLMs with JAX and Flax on a device mesh.
+
+``polyglot_jax.load(path)`` reads a model from a training workdir, a converted
+workdir or a Hugging Face directory (see ``polyglot_jax.loading``).
+"""
+
+__version__ = "0.1.0"
+
+
+def load(path: str, step: int | None = None, **kwargs):
+  """Loads a model; see ``polyglot_jax.loading.load`` (imported lazily: jax loads only when asked)."""
+  from polyglot_jax.loading import load as _load
+  return _load(path, step, **kwargs)

@@ -49,7 +49,7 @@ def default_config() -> ConfigDict:
   """Every config field with its default; experiment configs start here."""
   c = ConfigDict()
   c.seed = 0  # PRNG seed for parameter init and the data order.
-  c.objective = "lm"  # Training objective by registry name: lm (causal LM).
+  c.objective = "lm"  # Training objective by registry name (objectives/): lm (causal LM), stack (weighted sum).
   # Start a fresh run from these parameters: a workdir written by `polyglot-jax convert`
   # (or any workdir of the same model shape), or a Hugging Face directory of safetensors.
   # Ignored once the workdir has a checkpoint of its own (resume wins).
@@ -88,6 +88,14 @@ def default_config() -> ConfigDict:
   # seqio: per-language seqio Tasks (TFDS c4/multilingual or wiki40b, or local files)
   # mixed by a seqio Mixture. All three yield the same batch fields.
   c.data.backend = "packed"
+  # Record kind of the data files (data/records.py): text ({"text", "lang"}); instruction
+  # ({"instruction", "input", "output"}) or chat ({"messages": [...]}) with prompt tokens masked;
+  # preference ({"prompt", "chosen", "rejected"}); word_pairs / word_groups (dictionaries).
+  # The objective's batch spec must be a subset of the fields the kind gives.
+  c.data.kind = "text"
+  # Packing of documents into rows: best_fit puts each document into the open row with the least
+  # room that still holds it; greedy closes a row when the next piece does not fit.
+  c.data.packing = "best_fit"
   c.data.source = "jsonl"  # packed backend: jsonl = files of {"text", "lang"} records; demo = the offline demo corpus.
   c.data.train_files = ()  # Glob patterns of training files of {"text", "lang"} records (.jsonl, .arrayrecord).
   c.data.eval_files = ()  # Glob patterns of held-out files, same format (per-language perplexity).
@@ -167,6 +175,12 @@ def default_config() -> ConfigDict:
 
   c.metrics = ConfigDict()
   c.metrics.peak_flops_per_device = 0.0  # For MFU; 0 means look up (TPU/GPU) or measure (CPU).
+
+  # Each objective's own section, config.<objective name>, defined and commented next to the
+  # objective (objectives/*.py); present whether or not that objective is selected.
+  from polyglot_jax.objectives import config_sections
+  for name, section in config_sections().items():
+    c[name] = section
   return c
 
 

@@ -1,4 +1,4 @@
-"""Parameters in our workdirs, and ``load_params`` for ``config.init_from``.
+"""Parameters in our workdirs (read by ``polyglot_jax.loading``, the one model-loading API).
 
 A workdir written by ``polyglot-jax convert --from_hf`` holds
 
@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import numpy as np
 
-from polyglot_jax.interop import hf as hf_lib
-from polyglot_jax.interop.hf_config import (HF_NAMES, ConvertError, check_same_model, model_fields, read_json,
-                                            resolved_model, sliding_window)
+from polyglot_jax.interop.hf_config import ConvertError, read_json, sliding_window
 
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
@@ -182,54 +179,17 @@ def tokenizer_dir(path: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------
-# config.init_from
+# Sliding windows
 # ---------------------------------------------------------------------------
 
 
-def _check_window(hf: dict | None, where: str, seq_len: int) -> None:
+def check_window(hf: dict | None, where: str, seq_len: int) -> None:
+  """Refuses rows longer than a Hugging Face model's sliding window (our decoder attends over the whole row)."""
   window = sliding_window(hf) if hf else None
   if window is not None and seq_len > window:
     raise ConvertError(f"{where} has sliding_window={window} but config.data.seq_len={seq_len}; our decoder "
                        f"attends over the whole row, so rows longer than {window} would compute something "
                        f"else; set --config.data.seq_len={window} or less")
-
-
-def load_params(path: str, config) -> dict[str, Any]:
-  """The parameters at ``path`` laid out for ``config.model`` (the trainer's init_from hook).
-
-  Args:
-    path: a Hugging Face model directory (config.json + *.safetensors), or our workdir
-      (from ``polyglot-jax convert`` or from training).
-    config: the run's config; config.model must describe the same network (the first
-      field that differs is named in the error), and config.data.seq_len must fit a
-      sliding window if the HF model has one.
-
-  Returns:
-    Nested dict of NumPy arrays with the structure and shapes of the Decoder's
-    ``nnx.to_pure_dict`` parameters (layers stacked when config.model.scan_layers).
-  """
-  from polyglot_jax.models.layers import dtype_of
-  where = f"config.init_from='{path}'"
-  if not os.path.isdir(path):
-    raise ConvertError(f"{where} is not a directory")
-  if is_hf_dir(path):
-    hf_json = os.path.join(path, "config.json")
-    hf = read_json(hf_json)
-    fields = model_fields(hf, hf_json)
-    check_same_model(config.model, fields, hf_json, HF_NAMES)
-    _check_window(hf, hf_json, config.data.seq_len)
-    params = hf_lib.read_params(path, fields, np.dtype(dtype_of(config.model.param_dtype)))
-  elif os.path.isfile(os.path.join(path, "config.json")):
-    theirs = read_config(path)
-    check_same_model(config.model, resolved_model(theirs.model), os.path.join(path, "config.json"))
-    source, hf = origin_hf_config(path, theirs)
-    if source:
-      _check_window(hf, os.path.join(source, "config.json"), config.data.seq_len)
-    params, _ = read_params(path)
-  else:
-    raise ConvertError(f"{where} is neither a Hugging Face model directory (config.json + *.safetensors) nor a "
-                       "workdir of ours (config.json + params/ or checkpoints/)")
-  return params if config.model.scan_layers else unstack(params)
 
 
 def describe(params: dict) -> str:

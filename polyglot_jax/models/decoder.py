@@ -30,6 +30,12 @@ REMAT_POLICIES = {
 }
 
 
+# Auxiliary outputs of ``Decoder.__call__(..., return_aux=...)``:
+#   hidden_states: [num_layers + 1, B, L, E] residual stream (embedding output, then each block's output);
+#   final_hidden: [B, L, E] the final-norm hidden states the logits are computed from.
+AUX_OUTPUTS = ("hidden_states", "final_hidden")
+
+
 class Block(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -75,8 +81,13 @@ class Decoder(nnx.Module):
     x = jnp.take(table_VxE, tokens_BxL, axis=0).astype(dt)
     return constrain(x, ("batch", "length", "act_embed"))
 
-  def hidden_states(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None):
-    """Final-norm hidden states [B, L, E]."""
+  def hidden_states(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None, *, per_layer: bool = False):
+    """Final-norm hidden states [B, L, E]; with ``per_layer`` also the residual stream of every layer.
+
+    Returns:
+      ``h_BxLxE``, or ``(h_BxLxE, layers_NxBxLxE)`` when ``per_layer``: N = num_layers + 1,
+      entry 0 the embedding output and entry i the output of block i (before the final norm).
+    """
     cfg = self.cfg
     if segment_ids_BxL is None:
       segment_ids_BxL = jnp.ones_like(tokens_BxL)
@@ -84,6 +95,7 @@ class Decoder(nnx.Module):
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[-1]), tokens_BxL.shape)
     cos, sin = rope_tables(positions_BxL, cfg.head_dim, cfg.rope_theta)
     x = self.embed(tokens_BxL)
+    x0 = x
     policy = REMAT_POLICIES[cfg.remat_policy]
 
     def layer(block, x):
@@ -92,15 +104,29 @@ class Decoder(nnx.Module):
     if cfg.remat_policy != "none":
       layer = nnx.remat(layer, policy=policy, prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
-                transform_metadata={nnx.PARTITION_NAME: "layers"})
-      def run_layers(block, x):
-        return layer(block, x)
-      x = run_layers(self.blocks, x)
+      if per_layer:
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0),
+                  transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def run_layers_collect(block, x):
+          y = layer(block, x)
+          return y, y
+        x, stacked = run_layers_collect(self.blocks, x)
+        outs = jnp.concatenate([x0[None], stacked], axis=0)
+      else:
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+                  transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def run_layers(block, x):
+          return layer(block, x)
+        x = run_layers(self.blocks, x)
     else:
+      collected = [x0]
       for block in self.blocks:
         x = layer(block, x)
-    return self.final_norm(x)
+        collected.append(x)
+      if per_layer:
+        outs = jnp.stack(collected)
+    h = self.final_norm(x)
+    return (h, outs) if per_layer else h
 
   def logits(self, hidden_BxLxE):
     """Vocabulary logits in float32 (losses and softmax stay in float32)."""
@@ -114,6 +140,24 @@ class Decoder(nnx.Module):
     out_TxV = jnp.matmul(h_TxE, w_ExV, preferred_element_type=jnp.float32)
     return constrain(out_TxV.reshape(b, length, -1), ("batch", "length", "act_vocab"))
 
-  def __call__(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None):
-    return self.logits(self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL))
+  def __call__(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None, return_aux: tuple[str, ...] = ()):
+    """Float32 logits [B, L, V]; with ``return_aux`` also a dict of auxiliary outputs.
+
+    Args:
+      tokens_BxL: int token ids.
+      segment_ids_BxL: document ids of packed rows (0 = padding); None: one document.
+      positions_BxL: positions within each document; None: 0..L-1.
+      return_aux: names from ``AUX_OUTPUTS``. Nothing extra is computed when empty.
+
+    Returns:
+      logits, or (logits, {name: array}) when ``return_aux`` is not empty.
+    """
+    unknown = set(return_aux) - set(AUX_OUTPUTS)
+    if unknown:
+      raise ValueError(f"return_aux asks for {sorted(unknown)}; the decoder gives {list(AUX_OUTPUTS)}")
+    if not return_aux:
+      return self.logits(self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL))
+    h, layers = self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL, per_layer=True)
+    aux = {"hidden_states": layers, "final_hidden": h}
+    return self.logits(h), {name: aux[name] for name in return_aux}
 

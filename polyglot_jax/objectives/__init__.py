@@ -1,6 +1,8 @@
-"""Training objectives, looked up by name (``config.objective``)."""
+"""Training objectives, looked up by name (``config.objective``); the contract is in base.py."""
 
-from polyglot_jax.objectives.base import OBJECTIVES, Objective, make_objective, register
+from polyglot_jax.objectives.base import (OBJECTIVES, FieldSpec, Metric, Objective, StepContext, config_sections,
+                                          make_objective, register)
 from polyglot_jax.objectives import lm  # noqa: F401  (registers "lm")
 
-__all__ = ["OBJECTIVES", "Objective", "make_objective", "register"]
+__all__ = ["OBJECTIVES", "FieldSpec", "Metric", "Objective", "StepContext", "config_sections", "make_objective",
+           "register"]

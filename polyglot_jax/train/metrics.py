@@ -1,4 +1,4 @@
-"""Metric writers (TensorBoard events + metrics.jsonl), MFU peaks, progress line."""
+"""Metric writers (TensorBoard events + metrics.jsonl), host-side metric reduction, MFU peaks, progress line."""
 
 from __future__ import annotations
 
@@ -175,3 +175,69 @@ def language_table(languages, before: Mapping[str, float] | None, after: Mapping
     b_ppl = f"{np.exp(b):12.1f}" if b is not None else f"{'-':>12}"
     lines.append(f"{lang:<6} {b_loss} {b_ppl} {after[lang]:11.4f} {np.exp(after[lang]):11.1f}")
   return "\n".join(lines)
+
+
+class MetricWindow:
+  """Host-side reduction of an objective's outputs over steps (or held-out batches), as its metrics declare.
+
+  ``add`` takes one step's (or batch's) outputs; ``summary`` divides sums by
+  their normalisers, averages "mean" metrics and keeps the maximum of "max"
+  ones, and names per-language metrics by language code. Sums accumulate in
+  float64.
+  """
+
+  def __init__(self, metrics, languages):
+    self.metrics = dict(metrics)
+    self.languages = list(languages)
+    self.reductions = {}
+    for m in self.metrics.values():
+      self.reductions[m.key] = m.reduce
+      if m.normalizer:
+        self.reductions.setdefault(m.normalizer, "sum")
+    self.values: dict[str, np.ndarray] = {}
+    self.count = 0
+
+  def add(self, outputs) -> None:
+    self.count += 1
+    for key, op in self.reductions.items():
+      value = np.asarray(outputs[key], np.float64)
+      if key not in self.values:
+        self.values[key] = value.copy()
+      elif op == "max":
+        self.values[key] = np.maximum(self.values[key], value)
+      else:
+        self.values[key] = self.values[key] + value
+
+  def summary(self) -> dict[str, float]:
+    row: dict[str, float] = {}
+    if not self.count:
+      return row
+    for name, m in self.metrics.items():
+      value = self.values[m.key]
+      if m.reduce == "mean":
+        value = value / self.count
+      if m.per_language:
+        norm = self.values[m.normalizer] if m.normalizer else np.ones_like(value)
+        for i, lang in enumerate(self.languages):
+          if norm[i] > 0:
+            v = float(value[i] / norm[i])
+            row[name.format(lang=lang)] = v
+            if m.exp_name:
+              row[m.exp_name.format(lang=lang)] = float(np.exp(v))
+        continue
+      if m.normalizer:
+        norm = float(self.values[m.normalizer])
+        v = float(value) / norm if norm > 0 else float("nan")
+      else:
+        v = float(value)
+      row[name] = v
+      if m.exp_name:
+        row[m.exp_name] = float(np.exp(v))
+    return row
+
+
+def per_language(row: dict[str, float], template: str | None, languages) -> dict[str, float]:
+  """{lang: row[template.format(lang=lang)]} for the languages present (the before/after table)."""
+  if not template:
+    return {}
+  return {lang: row[template.format(lang=lang)] for lang in languages if template.format(lang=lang) in row}

@@ -24,6 +24,8 @@ class TrainState:
   rng: jax.Array  # Raw PRNG key; split every step and handed to the objective.
   skipped_steps: jax.Array  # Non-finite updates skipped so far.
   consecutive_skips: jax.Array  # Non-finite updates in a row (reset by a good one).
+  # The objective's frozen extra state (e.g. a DPO reference), sharded like the parameters; no optimizer state.
+  extra: Any = None
 
 
 def path_names(path) -> tuple[str, ...]:
