@@ -33,7 +33,8 @@ from benchmarks.common import write_json  # noqa: E402
 from polyglot_jax.data import mixing  # noqa: E402
 from polyglot_jax.data.demo_corpus import build_demo_corpus  # noqa: E402
 from polyglot_jax.data.packing import pack_documents  # noqa: E402
-from polyglot_jax.data.pipeline import PackedBatches, read_jsonl  # noqa: E402
+from polyglot_jax.data.jsonl import read_jsonl
+from polyglot_jax.data.mixed_batches import PackedBatches  # noqa: E402
 from polyglot_jax.tokenizer.train import train_sentencepiece  # noqa: E402
 
 

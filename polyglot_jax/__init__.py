@@ -4,6 +4,9 @@
 workdir or a Hugging Face directory (see ``polyglot_jax.loading``).
 """
 
+from polyglot_jax import quiet as _quiet  # Start-up defaults, set before jax loads.
+_quiet.setup()
+
 __version__ = "0.1.0"
 
 

@@ -96,6 +96,7 @@ def default_config() -> ConfigDict:
   # Packing of documents into rows: best_fit puts each document into the open row with the least
   # room that still holds it; greedy closes a row when the next piece does not fit.
   c.data.packing = "best_fit"
+  c.data.template = "alpaca"  # instruction records: alpaca | plain (data/records.py TEMPLATES).
   c.data.source = "jsonl"  # packed backend: jsonl = files of {"text", "lang"} records; demo = the offline demo corpus.
   c.data.train_files = ()  # Glob patterns of training files of {"text", "lang"} records (.jsonl, .arrayrecord).
   c.data.eval_files = ()  # Glob patterns of held-out files, same format (per-language perplexity).

@@ -231,6 +231,9 @@ def tensorflow_logs() -> Iterator[None]:
   it reads it are held to the same level. The variable is restored
   afterwards, so jax and child processes see what they saw before.
   """
+  if "tensorflow" in sys.modules:  # Already loaded: it read the level then.
+    yield
+    return
   level = _user_tf_log_level if _user_tf_log_level is not None else "3"
   previous = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
   os.environ["TF_CPP_MIN_LOG_LEVEL"] = level

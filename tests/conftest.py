@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def demo_data(tmp_path_factory):
   """The demo corpus and a small tokenizer, built once per test session."""
   from polyglot_jax.data.demo_corpus import build_demo_corpus
-  from polyglot_jax.data.pipeline import read_jsonl
+  from polyglot_jax.data.jsonl import read_jsonl
   from polyglot_jax.tokenizer.train import train_sentencepiece
   root = tmp_path_factory.mktemp("demo_data")
   build_demo_corpus(str(root))

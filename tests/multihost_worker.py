@@ -6,9 +6,15 @@ Every call of ``trainer.global_batch`` — where a host hands its local rows to
 ``make_array_from_process_local_data``, for train and eval batches alike — is
 recorded, so the test can compare what each host fed with what one process
 feeds alone.
+
+With ``MULTIHOST_HANG_AFTER_CHECKPOINT=K`` in the environment the host, once its
+checkpoint of step K is complete on disk, writes ``ROWS.npz.hung`` and sleeps
+instead of training on, so that the test can SIGKILL it at a known point.
 """
 
+import os
 import sys
+import time
 
 import numpy as np
 
@@ -28,11 +34,31 @@ def save_fed_rows(path: str, fed: list[dict]) -> None:
   np.savez(path, **{k: np.stack([batch[k] for batch in fed]) for k in ("inputs", "loss_weights")})
 
 
+def hang_after_checkpoint(step: int, marker: str, seconds: float = 600.0) -> None:
+  """Makes the checkpoint save of ``step`` wait until it is on disk, mark it, then sleep (to be killed)."""
+  from polyglot_jax.train.checkpoint import Checkpointer
+  save = Checkpointer.save
+
+  def save_then_hang(self, at: int, *args, **kwargs):
+    saved = save(self, at, *args, **kwargs)
+    if at == step and saved:
+      self.wait()  # The async write, and process 0's commit (rename) of the step directory.
+      with open(marker, "w") as f:
+        f.write(str(at))
+      time.sleep(seconds)
+      raise SystemExit(f"still alive {seconds} s after checkpoint {at}: nobody killed this host")
+    return saved
+
+  Checkpointer.save = save_then_hang
+
+
 def main() -> int:
   out, argv = sys.argv[1], sys.argv[2:]
   from polyglot_jax import cli
   from polyglot_jax.train import trainer
   trainer.global_batch, fed = record_fed_rows(trainer.global_batch)
+  if os.environ.get("MULTIHOST_HANG_AFTER_CHECKPOINT"):
+    hang_after_checkpoint(int(os.environ["MULTIHOST_HANG_AFTER_CHECKPOINT"]), out + ".hung")
   code = cli.main(argv)
   if fed:
     save_fed_rows(out, fed)

@@ -7,7 +7,8 @@ import pytest
 
 from polyglot_jax.data import languages
 from polyglot_jax.data.packing import pack_documents
-from polyglot_jax.data.pipeline import DataError, PackedBatches, read_jsonl
+from polyglot_jax.data.jsonl import DataError, read_jsonl
+from polyglot_jax.data.mixed_batches import PackedBatches
 
 
 def test_packing_fields():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import batches_equal as _equal, take_batches as _take, tiny_config
-from polyglot_jax.data import backends, doc_sources, stream
+from polyglot_jax.data import backends, doc_index, stream
 from polyglot_jax.data.packing import FIELDS, pack_documents
-from polyglot_jax.data.pipeline import DataError
+from polyglot_jax.errors import DataError
 
 LANGS = ("deu", "eng", "swa")
 
@@ -22,7 +22,7 @@ def _corpus(tmp_path, docs_per_lang=60, arrayrecord=False):
       records.append({"text": " ".join(words), "lang": lang})
   path = tmp_path / ("train.arrayrecord" if arrayrecord else "train.jsonl")
   if arrayrecord:
-    doc_sources.write_array_record(str(path), records)
+    doc_index.write_array_record(str(path), records)
   else:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
   return str(path), records
@@ -71,8 +71,8 @@ def test_tokens_follow_the_rates(demo_data, tmp_path):
 def test_hosts_read_disjoint_documents(demo_data, tmp_path):
   from polyglot_jax.data import grain_pipeline
   train, _ = _corpus(tmp_path)
-  index, _ = doc_sources.index_documents([train], [], "train_files")
-  readers = {i: doc_sources.DocReader(index[code], code) for i, code in enumerate(LANGS)}
+  index, _ = doc_index.index_documents([train], [], "train_files")
+  readers = {i: doc_index.DocReader(index[code], code) for i, code in enumerate(LANGS)}
   weights = {0: 1.0, 1: 1.0, 2: 1.0}
   whole = grain_pipeline.host_documents(readers, weights, seed=3, process_index=0, process_count=1)
   hosts = [grain_pipeline.host_documents(readers, weights, 3, p, 2) for p in range(2)]

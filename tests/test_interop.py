@@ -26,7 +26,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
 
-TOL = 1e-4  # Max abs logit difference; float32 on both sides measures ~1e-6.
+# Max abs logit difference, float32 on both sides (logits up to ~2 in magnitude). Measured
+# over every parity case here: 5.4e-7 .. 7.8e-7 (docs/interop.md); README.md quotes this bound.
+TOL = 2e-6
 VOCAB, D, LAYERS, HEADS, KV_HEADS, MLP = 256, 64, 2, 4, 2, 128
 # Each family exercises something the others do not: rope_theta, q/k/v biases, head_dim ≠ d/heads.
 FAMILIES = {
@@ -262,7 +264,7 @@ def test_training_starts_from_converted_checkpoint_and_exports_back(demo_data, t
   assert info["source"].endswith(os.path.join("checkpoints", "1", "state"))
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
   tokens = tokens_for(2048)
-  np.testing.assert_allclose(torch_logits(reloaded, tokens), torch_logits(hf_model, tokens), atol=TOL)
+  np.testing.assert_allclose(torch_logits(reloaded, tokens), torch_logits(hf_model, tokens), rtol=0, atol=TOL)
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +362,7 @@ def test_missing_shard_is_named(tmp_path):
   config = config_of(str(tmp_path / "ours"))
   tokens = tokens_for()
   diff = our_logits(ModelConfig.from_config(config.model), load_params(str(tmp_path / "ours"), config), tokens)
-  np.testing.assert_allclose(diff, torch_logits(model, tokens), atol=TOL)
+  np.testing.assert_allclose(diff, torch_logits(model, tokens), rtol=0, atol=TOL)
 
 
 def test_init_from_checks_the_model_and_the_window(hf_dirs, tmp_path):

@@ -87,7 +87,7 @@ def test_mixture_report_uses_the_configured_rates(make_config, tmp_path):
 
 def test_weights_naming_an_unknown_language_is_an_error(make_config, tmp_path):
   from polyglot_jax.data.commands import mixture_report
-  from polyglot_jax.data.pipeline import DataError
+  from polyglot_jax.errors import DataError
   config = make_config(data__mixture__method="weights", data__mixture__weights=(("eng", 1.0), ("swa", 1.0)))
   with pytest.raises(DataError, match=r"config.data.mixture: mixture weights name \['swa'\], which have no data"):
     mixture_report(config, str(tmp_path))

@@ -5,6 +5,9 @@ coordinator on a free loopback port, gloo collectives), each running the real
 `polyglot-jax train` through tests/multihost_worker.py, which also records the
 rows each host fed. The one-process reference runs in this pytest process
 (8 fake devices, conftest.py) while the hosts run.
+
+A second group resumes a 2-host grain run from a checkpoint after both hosts
+were SIGKILLed, and checks it ends exactly where an uninterrupted 2-host run does.
 """
 
 import json
@@ -70,24 +73,48 @@ def read_losses(workdir) -> dict[int, dict]:
     return {row["step"]: row for row in map(json.loads, f)}
 
 
+def launch_hosts(root, name: str, config_file: str, workdir: str, **env_vars) -> list[subprocess.Popen]:
+  """Starts NUM_HOSTS workers of `train` in workdir; their logs go to root/{name}_host{pid}.log."""
+  port = free_port()
+  hosts = []
+  for pid in range(NUM_HOSTS):
+    env = host_env(8 // NUM_HOSTS, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=NUM_HOSTS,
+                   JAX_PROCESS_ID=pid, JAX_INITIALIZATION_TIMEOUT=60, **env_vars)
+    with open(root / f"{name}_host{pid}.log", "w") as log:
+      # A session of its own, so cleanup can kill the host and anything it started.
+      hosts.append(subprocess.Popen(
+          [sys.executable, WORKER, str(root / f"{name}_rows{pid}.npz"), "train", "--config", config_file,
+           "--workdir", workdir], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+  return hosts
+
+
+def wait_hosts(root, name: str, hosts: list[subprocess.Popen], deadline: float) -> None:
+  """Waits for every host to exit 0 before the deadline (time.monotonic()); fails with its log otherwise."""
+  for pid, host in enumerate(hosts):
+    try:
+      host.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"{name} host {pid} still running after the deadline; log:\n{_tail(root / f'{name}_host{pid}.log')}")
+    log = _tail(root / f"{name}_host{pid}.log")
+    assert host.returncode == 0, f"{name} host {pid} exited {host.returncode}; log:\n{log}"
+
+
+def kill_hosts(hosts: list[subprocess.Popen]) -> None:
+  for host in hosts:
+    if host.poll() is None:
+      os.killpg(host.pid, signal.SIGKILL)
+      host.wait()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_data):
   root = tmp_path_factory.mktemp("multihost")
   config = tiny_config(demo_data, train__num_steps=STEPS, train__log_every_steps=1, checkpoint__every_steps=0)
   config_file = write_config_file(config, root)
   multi, single = str(root / "two_hosts"), str(root / "one_host")
-  port = free_port()
-  hosts, logs = [], []
+  hosts = []
   try:
-    for pid in range(NUM_HOSTS):
-      logs.append(open(root / f"host{pid}.log", "w"))
-      env = host_env(8 // NUM_HOSTS, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=NUM_HOSTS,
-                     JAX_PROCESS_ID=pid, JAX_INITIALIZATION_TIMEOUT=60)
-      # A session of its own, so cleanup can kill the host and anything it started.
-      hosts.append(subprocess.Popen(
-          [sys.executable, WORKER, str(root / f"rows{pid}.npz"), "train", "--config", config_file, "--workdir", multi],
-          cwd=REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT, start_new_session=True))
-
+    hosts = launch_hosts(root, "multi", config_file, multi)
     # The reference, 1 process × 8 devices, while the hosts run.
     original = trainer.global_batch
     trainer.global_batch, single_fed = record_fed_rows(original)
@@ -95,22 +122,10 @@ def runs(tmp_path_factory, demo_data):
       single_summary = trainer.train_and_evaluate(config, single)
     finally:
       trainer.global_batch = original
-
-    deadline = time.monotonic() + HOST_TIMEOUT_S
-    for pid, host in enumerate(hosts):
-      try:
-        host.wait(timeout=max(1.0, deadline - time.monotonic()))
-      except subprocess.TimeoutExpired:
-        pytest.fail(f"host {pid} still running after {HOST_TIMEOUT_S} s; log:\n{_tail(root / f'host{pid}.log')}")
-      assert host.returncode == 0, f"host {pid} exited {host.returncode}; log:\n{_tail(root / f'host{pid}.log')}"
+    wait_hosts(root, "multi", hosts, time.monotonic() + HOST_TIMEOUT_S)
   finally:
-    for host in hosts:
-      if host.poll() is None:
-        os.killpg(host.pid, signal.SIGKILL)
-        host.wait()
-    for log in logs:
-      log.close()
-  host_fed = [np.load(root / f"rows{pid}.npz") for pid in range(NUM_HOSTS)]
+    kill_hosts(hosts)
+  host_fed = [np.load(root / f"multi_rows{pid}.npz") for pid in range(NUM_HOSTS)]
   single_fed = {k: np.stack([batch[k] for batch in single_fed]) for k in ("inputs", "loss_weights")}
   return {"multi": multi, "single": single, "single_summary": single_summary, "host_fed": host_fed,
           "single_fed": single_fed}
@@ -157,6 +172,83 @@ def test_host_shards_are_disjoint_and_make_up_the_one_host_batch(runs):
     assert not rows[0] & rows[1], f"batch {k}: both hosts fed the same row"
     both_fed += bool(rows[0] and rows[1])
   assert both_fed >= STEPS  # Every train batch (and most eval batches) really is split.
+
+
+RESUME_STEPS = 4
+KILL_AFTER = 2  # The hosts are SIGKILLed once checkpoint 2 is on disk; the relaunch trains steps 3 and 4.
+RESUME_TIMEOUT_S = 300  # All three 2-host launches together.
+
+
+def restore_final_state(config, workdir, step):
+  """The train state in workdir/checkpoints/step, restored onto 8 devices in this process."""
+  import jax
+  from polyglot_jax import mesh as mesh_lib
+  from polyglot_jax.train.checkpoint import Checkpointer, shape_signature
+  setup = trainer.build(config, len(config.data.languages), mesh=mesh_lib.make_mesh({"fsdp": -1}))
+  ckpt = Checkpointer(workdir, 0, 10, False)
+  try:
+    restored_step, state, data_state, meta = ckpt.restore(setup.abstract_state, shape_signature(setup.abstract_state))
+  finally:
+    ckpt.close()
+  assert restored_step == step and data_state["step"] == step
+  assert meta["languages"] == list(config.data.languages)
+  return jax.device_get(state)
+
+
+def test_two_hosts_resume_after_sigkill_exactly(tmp_path, demo_data):
+  """2 hosts, grain data, async checkpoints: killed after checkpoint 2, resumed to 4 == 4 straight."""
+  t0 = time.monotonic()
+  config = tiny_config(demo_data, data__backend="grain", data__languages=("deu", "eng", "rus"), data__eval_files=(),
+                       data__size_sample_docs=16, train__num_steps=RESUME_STEPS, train__log_every_steps=1,
+                       checkpoint__every_steps=KILL_AFTER, checkpoint__async_save=True)
+  config_file = write_config_file(config, tmp_path)
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  deadline = time.monotonic() + RESUME_TIMEOUT_S
+  hosts = []
+  try:
+    # The uninterrupted reference and the run to be killed, side by side (separate coordinators).
+    hosts = launch_hosts(tmp_path, "straight", config_file, straight)
+    doomed = launch_hosts(tmp_path, "killed", config_file, resumed, MULTIHOST_HANG_AFTER_CHECKPOINT=KILL_AFTER)
+    hosts += doomed
+    markers = [tmp_path / f"killed_rows{pid}.npz.hung" for pid in range(NUM_HOSTS)]
+    while not all(m.exists() for m in markers):
+      for pid, host in enumerate(doomed):
+        if host.poll() is not None:
+          pytest.fail(f"killed host {pid} exited {host.returncode} before checkpoint {KILL_AFTER}; log:\n"
+                      f"{_tail(tmp_path / f'killed_host{pid}.log')}")
+      if time.monotonic() > deadline:
+        pytest.fail(f"no checkpoint {KILL_AFTER} within {RESUME_TIMEOUT_S} s; log:\n"
+                    f"{_tail(tmp_path / 'killed_host0.log')}")
+      time.sleep(0.2)
+    for host in doomed:  # Both hosts at once, as when a slice is lost.
+      os.killpg(host.pid, signal.SIGKILL)
+    for host in doomed:
+      assert host.wait() == -signal.SIGKILL
+    assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == [str(KILL_AFTER)]
+    assert sorted(read_losses(resumed)) == list(range(1, KILL_AFTER + 1))
+    # The same command again, in the same workdir.
+    hosts += launch_hosts(tmp_path, "resume", config_file, resumed)
+    wait_hosts(tmp_path, "straight", hosts[:NUM_HOSTS], deadline)
+    wait_hosts(tmp_path, "resume", hosts[2 * NUM_HOSTS:], deadline)
+  finally:
+    kill_hosts(hosts)
+  wall = time.monotonic() - t0
+  assert f"resumed from checkpoint step {KILL_AFTER}" in (tmp_path / "resume_host0.log").read_text()
+
+  # Every step's logged loss, bit for bit: steps 1-2 from the killed launch, 3-4 from the resumed one.
+  straight_rows, resumed_rows = read_losses(straight), read_losses(resumed)
+  assert sorted(straight_rows) == sorted(resumed_rows) == list(range(1, RESUME_STEPS + 1))
+  for step, row in straight_rows.items():
+    keys = ["loss", "grad_norm"] + sorted(k for k in row if k.startswith("loss/"))
+    assert {k: resumed_rows[step][k] for k in keys} == {k: row[k] for k in keys}, f"step {step}"
+  # The final checkpoints: parameters, Adam moments, rng and counters, bit for bit.
+  a = restore_final_state(config, straight, RESUME_STEPS)
+  b = restore_final_state(config, resumed, RESUME_STEPS)
+  import jax
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+  print(f"2-host kill/resume: three launches in {wall:.0f} s")
 
 
 def test_process_id_outside_the_process_count_stops_at_start(tmp_path, demo_data):

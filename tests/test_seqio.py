@@ -102,7 +102,7 @@ def test_local_files_of_every_format(demo_data, tmp_path):
       w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
   (tmp_path / "swa.jsonl").write_text("".join(json.dumps({"text": _text("swa", "train", i)}) + "\n"
                                               for i in range(12)) + "not json\n")
-  from polyglot_jax.data.doc_sources import write_array_record
+  from polyglot_jax.data.doc_index import write_array_record
   write_array_record(str(tmp_path / "swa_eval.arrayrecord"), [{"text": _text("swa", "validation", i)} for i in range(3)])
   config = _config(demo_data, data__tfds_name="", data__language_files=(
       ("deu", str(tmp_path / "deu.txt")), ("eng", str(tmp_path / "eng.tfrecord")), ("swa", str(tmp_path / "swa.jsonl"))),

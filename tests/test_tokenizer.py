@@ -63,7 +63,7 @@ def test_train_and_report_commands(tmp_path, demo_data):
 
 
 def test_too_small_vocabulary_is_explained(tmp_path, demo_data):
-  from polyglot_jax.data.pipeline import DataError, read_jsonl
+  from polyglot_jax.data.jsonl import DataError, read_jsonl
   from polyglot_jax.tokenizer.train import train_sentencepiece
   records, _ = read_jsonl([demo_data["train"]])
   with pytest.raises(DataError, match=r"vocab_size=300 is smaller than the \d+ characters the text needs"):

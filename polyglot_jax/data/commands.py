@@ -66,7 +66,7 @@ def main(argv: list[str], overrides: list[str]) -> int:
 
 def _clean(args, overrides) -> int:
   from polyglot_jax.data.clean.cleaner import clean, format_report
-  from polyglot_jax.data.pipeline import expand_files
+  from polyglot_jax.data.jsonl import expand_files
   if args.config:
     config = config_lib.load_config(args.config, overrides)
   else:

@@ -15,10 +15,18 @@ rates.
 
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import grain
+import jax
 import numpy as np
+from ml_collections import ConfigDict
+
+from polyglot_jax.data import languages as langs
+from polyglot_jax.data.dataset import (Data, document_weights, held_out_batches, language_rates,
+                                       local_batch_size)
+from polyglot_jax.errors import DataError
 
 
 class _Tokenize(grain.transforms.Map):
@@ -76,3 +84,41 @@ def stream_opener(documents: grain.MapDataset, model_file: str, read_threads: in
     return iter(it)
 
   return open_stream
+
+
+def make_data(config: ConfigDict, workdir: str) -> Data:
+  """The grain backend's ``Data``: streamed, mixed, sharded per host, packed, resumable."""
+  from polyglot_jax.data import doc_index, in_memory, stream
+  d = config.data
+  train_files, eval_files, tokenizer = in_memory.resolve_files(config, workdir)
+  processor = in_memory.load_processor(config, tokenizer)
+  wanted = tuple(langs.resolve(code) for code in d.languages)
+  index, rejected = doc_index.index_documents(train_files, d.language_files, "config.data.train_files", wanted)
+  if not index:
+    raise DataError("no training documents: set config.data.train_files or config.data.language_files")
+  languages = wanted or tuple(sorted(index))
+  empty = [code for code in languages if code not in index]
+  if empty and d.mixture.method != "weights":
+    raise DataError(f"config.data.languages names {empty} but the training files have no text in them")
+  readers = {code: doc_index.DocReader(index[code], code) for code in languages if code in index}
+  sample = {code: [r[i] for i in range(min(len(r), d.size_sample_docs))] for code, r in readers.items()}
+  estimate = doc_index.estimate_tokens(sample, {code: len(r) for code, r in readers.items()}, processor)
+  sizes = {code: estimate[code]["tokens"] for code in readers}
+  rates = language_rates(config, sizes, languages)
+  weights = document_weights(rates, {code: estimate[code]["tokens_per_doc"] for code in readers})
+  ids = {code: i for i, code in enumerate(languages)}
+  documents = host_documents({ids[c]: r for c, r in readers.items()},
+                                            {ids[c]: w for c, w in weights.items()}, d.shuffle_seed,
+                                            jax.process_index(), jax.process_count())
+  opener = stream_opener(documents, tokenizer, d.grain_read_threads, d.grain_workers)
+  fingerprint = {"backend": "grain", "languages": list(languages), "seq_len": d.seq_len,
+                 "global_batch_size": d.global_batch_size, "shuffle_seed": d.shuffle_seed,
+                 "documents": {c: len(r) for c, r in readers.items()},
+                 "weights": {c: round(w, 12) for c, w in weights.items()}}
+  train = stream.StreamBatches(opener, d.seq_len, local_batch_size(config), processor.bos_id(), processor.eos_id(),
+                               max(processor.pad_id(), 0), fingerprint, d.on_host_change)
+  held_out, eval_rejected = held_out_batches(config, eval_files, d.language_eval_files, processor, languages)
+  rejected.update(eval_rejected)
+  logging.info("grain data: %d languages, %d documents; document weights %s", len(languages),
+               sum(len(r) for r in readers.values()), {c: f"{w:.3g}" for c, w in weights.items()})
+  return Data(languages, train, held_out, rates, sizes, rejected)

@@ -16,7 +16,7 @@ Each task tokenizes "text" into ``targets`` with a ``seqio.SentencePieceVocabula
 and adds ``lang_ids``. The Mixture samples documents with weights = token
 rate / mean document length. Packing (segment_ids, positions, per-token
 lang_ids) is the shared ``stream.StreamBatches``, so batches have exactly
-the fields of the other backends. Held-out perplexity uses the same tasks'
+the fields of the other dataset. Held-out perplexity uses the same tasks'
 validation splits, one language at a time.
 
 Resume: tf.data pipelines are deterministic given the seed; a host's state
@@ -36,10 +36,10 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from polyglot_jax.data import backends, doc_sources
+from polyglot_jax.data import dataset, doc_index
 from polyglot_jax.data import languages as langs
-from polyglot_jax.data import sources
-from polyglot_jax.data.pipeline import DataError, expand_files
+from polyglot_jax.data import in_memory
+from polyglot_jax.data.jsonl import DataError, expand_files
 
 # ISO 639-3 → wiki40b config name (the 41 wiki40b languages).
 WIKI40B = {
@@ -49,7 +49,7 @@ WIKI40B = {
     "nld": "nl", "nor": "no", "pol": "pl", "por": "pt", "ron": "ro", "rus": "ru", "slk": "sk", "slv": "sl",
     "srp": "sr", "swe": "sv", "tha": "th", "fil": "tl", "tur": "tr", "ukr": "uk", "vie": "vi", "zho": "zh-cn",
 }
-LOCAL_FORMATS = (".txt", ".tfrecord", ".jsonl") + doc_sources.ARRAY_RECORD_SUFFIXES
+LOCAL_FORMATS = (".txt", ".tfrecord", ".jsonl") + doc_index.ARRAY_RECORD_SUFFIXES
 
 
 class _QuietUncachedWarning(logging.Filter):
@@ -90,7 +90,7 @@ def tfds_source(tfds_name: str, lang: str, data_dir: str):
 class _LocalLanguage:
   """A language's local files (train and held-out), each format read its own way."""
 
-  def __init__(self, lang: str, train: list[str], held_out: list[str], indexes: dict[str, doc_sources.LanguageIndex]):
+  def __init__(self, lang: str, train: list[str], held_out: list[str], indexes: dict[str, doc_index.LanguageIndex]):
     self.lang = lang
     self.files = {"train": train, "validation": held_out}
     self.indexes = indexes  # split → index of the .jsonl/.arrayrecord records (already validated).
@@ -109,7 +109,7 @@ class _LocalLanguage:
       parts.append(tf.data.TFRecordDataset(records).map(lambda x: tf.io.parse_single_example(x, spec)["text"]))
     index = self.indexes.get(split)
     if index is not None and len(index):
-      reader = doc_sources.DocReader(index, self.lang)
+      reader = doc_index.DocReader(index, self.lang)
 
       def texts():  # In blocks: one Python → TF crossing per block, not per document.
         for start in range(0, len(reader), 256):
@@ -151,13 +151,13 @@ def _local_languages(config: ConfigDict, train_files, eval_files, languages) -> 
 
   add(d.language_files, "train")
   add(d.language_eval_files, "validation")
-  indexes: dict[str, dict[str, doc_sources.LanguageIndex]] = {}
+  indexes: dict[str, dict[str, doc_index.LanguageIndex]] = {}
   for split, mixed, per_lang in (("train", train_files, d.language_files),
                                  ("validation", eval_files, d.language_eval_files)):
-    json_like = [(c, p) for c, p in per_lang if p.endswith((".jsonl",) + doc_sources.ARRAY_RECORD_SUFFIXES)]
+    json_like = [(c, p) for c, p in per_lang if p.endswith((".jsonl",) + doc_index.ARRAY_RECORD_SUFFIXES)]
     if not mixed and not json_like:
       continue
-    index, bad = doc_sources.index_documents(mixed, json_like, f"config.data.{'train' if split == 'train' else 'eval'}_files",
+    index, bad = doc_index.index_documents(mixed, json_like, f"config.data.{'train' if split == 'train' else 'eval'}_files",
                                              languages)
     rejected.update(bad)
     for code, where in index.items():
@@ -165,7 +165,7 @@ def _local_languages(config: ConfigDict, train_files, eval_files, languages) -> 
       by_lang.setdefault(code, {"train": [], "validation": []})
   out = {}
   for code, files in by_lang.items():
-    keep = lambda fs: [f for f in fs if not f.endswith((".jsonl",) + doc_sources.ARRAY_RECORD_SUFFIXES)]
+    keep = lambda fs: [f for f in fs if not f.endswith((".jsonl",) + doc_index.ARRAY_RECORD_SUFFIXES)]
     out[code] = _LocalLanguage(code, keep(files["train"]), keep(files["validation"]), indexes.get(code, {}))
   return out, rejected
 
@@ -221,12 +221,12 @@ def _documents(task_or_mixture, split: str, shuffle: bool, seed: int, shard: tup
   return ds
 
 
-def make_data(config: ConfigDict, workdir: str) -> backends.Data:
+def make_data(config: ConfigDict, workdir: str) -> dataset.Data:
   import seqio
   from polyglot_jax.data import stream
   d = config.data
-  train_files, eval_files, tokenizer = sources.resolve_files(config, workdir)
-  processor = sources.load_processor(config, tokenizer)
+  train_files, eval_files, tokenizer = in_memory.resolve_files(config, workdir)
+  processor = in_memory.load_processor(config, tokenizer)
   wanted = tuple(langs.resolve(code) for code in d.languages)
   local, rejected = ({}, Counter()) if d.tfds_name else _local_languages(config, train_files, eval_files, wanted)
   if d.tfds_name and not wanted:
@@ -251,8 +251,8 @@ def make_data(config: ConfigDict, workdir: str) -> backends.Data:
       raise DataError(f"seqio task {name} yields no documents; check its files or TFDS split")
     per_doc[lang] = float(np.mean(lengths))
     sizes[lang] = per_doc[lang] * docs
-  rates = backends.language_rates(config, sizes, languages)
-  weights = backends.document_weights(rates, per_doc)
+  rates = dataset.language_rates(config, sizes, languages)
+  weights = dataset.document_weights(rates, per_doc)
   mixture = register_mixture(f"polyglot.{prefix}.mixture", {tasks[c]: w for c, w in weights.items()})
   shard = (jax.process_index(), jax.process_count())
 
@@ -264,12 +264,12 @@ def make_data(config: ConfigDict, workdir: str) -> backends.Data:
   fingerprint = {"backend": "seqio", "languages": list(languages), "seq_len": d.seq_len,
                  "global_batch_size": d.global_batch_size, "shuffle_seed": d.shuffle_seed,
                  "tfds_name": d.tfds_name, "weights": {c: round(w, 12) for c, w in weights.items()}}
-  train = stream.StreamBatches(open_stream, d.seq_len, backends.local_batch_size(config), processor.bos_id(),
+  train = stream.StreamBatches(open_stream, d.seq_len, dataset.local_batch_size(config), processor.bos_id(),
                                processor.eos_id(), max(processor.pad_id(), 0), fingerprint, d.on_host_change)
   held_out = _held_out(config, tasks, languages, processor)
   logging.info("seqio data: tasks %s; document weights %s", sorted(tasks.values()),
                {c: f"{w:.3g}" for c, w in weights.items()})
-  return backends.Data(languages, train, held_out, rates, sizes, rejected)
+  return dataset.Data(languages, train, held_out, rates, sizes, rejected)
 
 
 def _num_documents(config: ConfigDict, lang: str, local: dict) -> int:
@@ -288,7 +288,7 @@ def _num_documents(config: ConfigDict, lang: str, local: dict) -> int:
 def _held_out(config: ConfigDict, tasks: dict[str, str], languages, processor) -> list[dict[str, np.ndarray]]:
   """Per-language validation splits of the same tasks, packed one language at a time."""
   import seqio
-  from polyglot_jax.data import pipeline
+  from polyglot_jax.data.mixed_batches import eval_batches
   from polyglot_jax.data.packing import FIELDS, pack_documents
   d = config.data
   parts = []
@@ -306,5 +306,5 @@ def _held_out(config: ConfigDict, tasks: dict[str, str], languages, processor) -
   if not parts:
     return []
   rows = {k: np.concatenate([p[k] for p in parts]) for k in FIELDS}
-  return pipeline.eval_batches(rows, d.global_batch_size, jax.process_index(), jax.process_count())
+  return eval_batches(rows, d.global_batch_size, jax.process_index(), jax.process_count())
 

@@ -2,8 +2,8 @@
 
 A backend supplies this host's document stream as ``open(position)``: an
 iterator of (token ids, language id) starting at document ``position`` of
-the host's shard. ``StreamBatches`` packs it into rows exactly as
-``packing.pack_documents`` does (``[bos] + tokens + [eos]``, documents
+the host's shard. ``StreamBatches`` packs it into rows with the shared
+row writer (``rows.greedy_rows``: ``[bos] + tokens + [eos]``, documents
 longer than a row cut into row-sized pieces, a piece that does not fit
 starts a new row) and hands out batches of rows.
 
@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 from polyglot_jax.data.packing import FIELDS
-from polyglot_jax.data.pipeline import DataError
+from polyglot_jax.data.rows import greedy_rows
+from polyglot_jax.errors import DataError
 
 DocStream = Callable[[int], Iterator[tuple[np.ndarray, int]]]
 
@@ -79,34 +80,9 @@ class StreamBatches:
 
   def _packed_rows(self, position: int, offset: int):
     """Rows with the resume point after each: (row, (position, offset))."""
-    seq_len = self.seq_len
-    row, fill, segment = self._empty(), 0, 0
-    for tokens, lang in self.open_stream(position):
-      seq = np.concatenate([[self.bos_id], np.asarray(tokens, np.int64), [self.eos_id]])
-      inputs, targets = seq[:-1], seq[1:]
-      for start in range(offset, len(inputs), seq_len):
-        n = min(seq_len, len(inputs) - start)
-        if fill + n > seq_len:
-          yield row, (position, start)
-          row, fill, segment = self._empty(), 0, 0
-        segment += 1
-        sl = slice(fill, fill + n)
-        row["inputs"][sl] = inputs[start:start + n]
-        row["targets"][sl] = targets[start:start + n]
-        row["loss_weights"][sl] = 1
-        row["segment_ids"][sl] = segment
-        row["positions"][sl] = np.arange(n)
-        row["lang_ids"][sl] = lang
-        fill += n
-      position, offset = position + 1, 0
-    if fill:
-      yield row, (position, 0)
-
-  def _empty(self) -> dict[str, np.ndarray]:
-    row = {k: np.zeros(self.seq_len, np.int32) for k in FIELDS}
-    row["inputs"][:] = self.pad_id
-    row["targets"][:] = self.pad_id
-    return row
+    docs = ((doc, offset if i == 0 else 0) for i, doc in enumerate(self.open_stream(position)))
+    for row, (consumed, start) in greedy_rows(docs, self.seq_len, self.bos_id, self.eos_id, self.pad_id):
+      yield row, (position + consumed, start)
 
   # ---- State.
 

@@ -183,6 +183,19 @@ class Objective(abc.ABC):
     """For ``prenormalized`` objectives: the divisors of the whole global batch."""
     raise NotImplementedError(f"objective '{self.name}' is prenormalized but defines no normalizers()")
 
+  def batch_normalizer(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """The normaliser ``loss_sums`` returns, computed from the batch alone (used when stacked).
+
+    The default counts target tokens (``loss_weights``), or rows when there is none.
+    """
+    if "loss_weights" in batch:
+      return jnp.sum(batch["loss_weights"].astype(jnp.float32))
+    return jnp.float32(next(iter(batch.values())).shape[0])
+
+  def data_streams(self) -> dict[str, str]:
+    """Batch-field prefix → the record kind of the data stream that feeds those fields."""
+    return {"": self.config.data.kind}
+
   # ---- Computation.
 
   @abc.abstractmethod

@@ -8,7 +8,7 @@ import os
 
 
 def _train(args) -> int:
-  from polyglot_jax.data.pipeline import DataError, expand_files, read_jsonl
+  from polyglot_jax.data.jsonl import DataError, expand_files, read_jsonl
   from polyglot_jax.tokenizer.train import train_sentencepiece
   records, rejected = read_jsonl(expand_files(args.input, "--input"))
   if not records:
@@ -25,7 +25,7 @@ def _report(args) -> int:
   import sentencepiece as spm
 
   from polyglot_jax.data import languages
-  from polyglot_jax.data.pipeline import DataError
+  from polyglot_jax.errors import DataError
   from polyglot_jax.tokenizer import report as report_lib
   if not os.path.isfile(args.tokenizer):
     raise DataError(f"tokenizer '{args.tokenizer}' does not exist")
@@ -51,7 +51,7 @@ def _report(args) -> int:
 
 
 def _extend(args) -> int:
-  from polyglot_jax.data.pipeline import DataError, expand_files, read_jsonl
+  from polyglot_jax.data.jsonl import DataError, expand_files, read_jsonl
   from polyglot_jax.tokenizer import extend
   records, _ = read_jsonl(expand_files(args.input, "--input"))
   if not records:

@@ -23,7 +23,7 @@ def add_pieces(old_model: str, records, num_pieces: int, out_prefix: str, seed: 
   """Writes ``out_prefix.model`` = old model + up to ``num_pieces`` new pieces; returns (path, new pieces)."""
   from sentencepiece import sentencepiece_model_pb2 as pb
 
-  from polyglot_jax.data.pipeline import DataError
+  from polyglot_jax.errors import DataError
   from polyglot_jax.tokenizer.train import train_sentencepiece
   proto = pb.ModelProto()
   with open(old_model, "rb") as f:

@@ -89,7 +89,7 @@ def train_sentencepiece(records: Sequence[tuple[str, str]], model_prefix: str, v
 
 def _train_or_explain(spm, **kwargs) -> None:
   """Runs the SentencePiece trainer; its known refusals become one-line DataErrors."""
-  from polyglot_jax.data.pipeline import DataError
+  from polyglot_jax.errors import DataError
   try:
     spm.SentencePieceTrainer.train(**kwargs)
   except RuntimeError as e:

@@ -28,6 +28,7 @@ from ml_collections import ConfigDict
 
 from polyglot_jax import configs as config_lib
 from polyglot_jax import mesh as mesh_lib
+from polyglot_jax.data import records
 from polyglot_jax.errors import ConfigError
 from polyglot_jax.models.config import ModelConfig
 from polyglot_jax.models.decoder import AUX_OUTPUTS, Decoder
@@ -69,6 +70,9 @@ def build(config: ConfigDict, num_languages: int, mesh=None) -> Setup:
     raise ConfigError(f"objective '{objective.name}' reads decoder outputs {sorted(missing_aux)}, which the "
                       f"decoder does not give (it gives {list(AUX_OUTPUTS)})")
   spec = objective.batch_spec()
+  for prefix, kind in objective.data_streams().items():
+    records.check_batch_spec(objective.name, {k[len(prefix):]: f for k, f in spec.items() if k.startswith(prefix)},
+                             kind, config.data.seq_len)
   total_steps = config_lib.resolve_steps(config)
   optimizer = make_optimizer(config.optimizer, total_steps)
   seed = config.seed

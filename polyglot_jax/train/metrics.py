@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import time
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from polyglot_jax import quiet
 
 # Dense bf16 peak FLOP/s per device, from the vendors' datasheets.
 PEAK_BF16_FLOPS = {
@@ -73,7 +73,8 @@ def make_writer(workdir: str, kind: str = "train"):
   clu's writers import TensorFlow, so they are imported here, not at module
   load (benchmarks and tests that write no metrics never load TensorFlow).
   """
-  from clu import metric_writers
+  with quiet.tensorflow_logs():  # clu's writers import TensorFlow.
+    from clu import metric_writers
   metric_writers.MetricWriter.register(JsonlWriter)
   if jax.process_index() != 0:
     return metric_writers.MultiWriter([])
@@ -86,7 +87,8 @@ def make_writer(workdir: str, kind: str = "train"):
 
 def _keep_tensorflow_off_accelerators() -> None:
   """TensorFlow (behind clu's TensorBoard writer) must not claim GPU/TPU memory JAX needs."""
-  import tensorflow as tf
+  with quiet.tensorflow_logs():
+    import tensorflow as tf
   try:
     tf.config.set_visible_devices([], "GPU")
     tf.config.set_visible_devices([], "TPU")

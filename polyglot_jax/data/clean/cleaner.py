@@ -18,7 +18,7 @@ from ml_collections import ConfigDict
 
 from polyglot_jax.data import languages as langs
 from polyglot_jax.data.clean import dedup, filters, script
-from polyglot_jax.data.pipeline import DataError, iter_lines
+from polyglot_jax.data.jsonl import DataError, iter_lines
 
 THRESHOLD_KEYS = ("min_words", "max_char_repetition", "max_word_repetition", "max_special_ratio",
                   "lid_threshold", "near_dup_threshold")

@@ -1,4 +1,4 @@
-"""From config to token rows: the jsonl and demo sources of the packed backend."""
+"""The packed backend's data in memory: resolve files (or build the demo), read records of the configured kind, make rows per language."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from ml_collections import ConfigDict
 from polyglot_jax import configs as config_lib
 from polyglot_jax.data import languages as langs
 from polyglot_jax.data import mixing
-from polyglot_jax.data.packing import FIELDS
-from polyglot_jax.data.pipeline import DataError, expand_files, read_jsonl, tokenize_and_pack
+from polyglot_jax.data import records as records_lib
+from polyglot_jax.data.jsonl import expand_files, read_jsonl
+from polyglot_jax.data.mixed_batches import ROW_LANG, num_rows
+from polyglot_jax.errors import DataError
 
 
 @dataclasses.dataclass
@@ -80,13 +82,17 @@ def load_processor(config: ConfigDict, tokenizer: str):
 
 
 def load_text_data(config: ConfigDict, workdir: str) -> TextData:
+  """Reads, validates and packs the training and held-out records (of ``config.data.kind``) per language."""
   d = config.data
   train_files, eval_files, tokenizer = resolve_files(config, workdir)
   if not train_files:
     raise DataError("config.data.train_files is empty; the packed backend reads JSONL files of {\"text\", \"lang\"} records")
   processor = load_processor(config, tokenizer)
-  train_records, rejected = read_jsonl(train_files)
-  eval_records, eval_rejected = read_jsonl(eval_files) if eval_files else ([], Counter())
+  train_records, rejected = records_lib.read_records(train_files, d.kind)
+  if not train_records:
+    raise DataError(f"no usable '{d.kind}' records in {', '.join(train_files)} ({_rejections(rejected)}); "
+                    f"point config.data.train_files at JSONL files of {list(records_lib.get_kind(d.kind).keys)} records")
+  eval_records, eval_rejected = records_lib.read_records(eval_files, d.kind) if eval_files else ([], Counter())
   rejected.update(eval_rejected)
   if d.languages:
     languages = tuple(langs.resolve(code) for code in d.languages)
@@ -99,30 +105,46 @@ def load_text_data(config: ConfigDict, workdir: str) -> TextData:
   empty = [code for code in languages if not any(lang == code for _, lang in train_records)]
   if empty and d.mixture.method != "weights":
     raise DataError(f"config.data.languages names {empty} but the training files have no text in them")
-  # Text is packed one language at a time, so each row is one language: the
-  # mixture then picks rows by language, and held-out loss splits cleanly.
-  train_rows = pack_by_language(train_records, processor, ids, languages, d.seq_len, 0)
-  eval_rows = pack_by_language(eval_records, processor, ids, languages, d.seq_len, d.eval_max_rows)
-  row_lang = train_rows["lang_ids"][:, 0]
-  train_tokens = {code: int(train_rows["loss_weights"][row_lang == i].sum()) for i, code in enumerate(languages)}
+  # Records are packed one language at a time, so each row is one language: the
+  # mixture then picks rows by language, and held-out metrics split cleanly.
+  options = records_lib.RowOptions(d.packing, d.template, ids)
+  train_rows = pack_by_language(train_records, processor, ids, languages, d.seq_len, 0, d.kind, options)
+  eval_rows = pack_by_language(eval_records, processor, ids, languages, d.seq_len, d.eval_max_rows, d.kind, options)
+  row_lang = train_rows[ROW_LANG]
+  weights = _row_weights(train_rows)
+  train_tokens = {code: int(weights[row_lang == i].sum()) for i, code in enumerate(languages)}
   run_tokens = config_lib.resolve_steps(config) * d.global_batch_size * d.seq_len
   try:
     rates = mixing.rates_from_config(d.mixture, train_tokens, run_tokens)
   except (mixing.MixtureError, langs.UnknownLanguageError) as e:
     raise DataError(f"config.data.mixture: {e}") from None
-  logging.info("data: %d languages, %d training rows, %d held-out rows of %d tokens",
-               len(languages), len(train_rows["inputs"]), len(eval_rows.get("inputs", [])), d.seq_len)
+  logging.info("data: %d languages, %d training rows, %d held-out rows of %d tokens (kind %s, packing %s)",
+               len(languages), num_rows(train_rows), num_rows(eval_rows), d.seq_len, d.kind, d.packing)
   return TextData(processor, languages, train_rows, eval_rows, rejected, train_tokens, rates)
 
 
-def pack_by_language(records, processor, ids, languages, seq_len: int, max_rows: int) -> dict[str, np.ndarray]:
+def _rejections(rejected: Counter) -> str:
+  return "; ".join(f"{n} {reason}" for reason, n in rejected.most_common()) or "the files are empty"
+
+
+def _row_weights(rows: dict[str, np.ndarray]) -> np.ndarray:
+  """Target tokens per row, summed over every *loss_weights field of the kind."""
+  return sum(v.sum(axis=1) for k, v in rows.items() if k.endswith("loss_weights"))
+
+
+def pack_by_language(records, processor, ids, languages, seq_len: int, max_rows: int, kind: str = "text",
+                     options=None) -> dict[str, np.ndarray]:
+  """Rows of each language in turn (``max_rows`` caps each; 0: all), with ``ROW_LANG`` per row."""
+  kind_obj = records_lib.get_kind(kind)
+  options = options or records_lib.RowOptions("greedy", "alpaca", ids)
   parts = []
   for code in languages:
-    part = tokenize_and_pack([r for r in records if r[1] == code], processor, ids, seq_len)
+    part = kind_obj.rows([c for c, lang in records if lang == code], processor, ids[code], seq_len, options)
     if max_rows:
       part = {k: v[:max_rows] for k, v in part.items()}
+    part[ROW_LANG] = np.full(num_rows(part), ids[code], np.int32)
     parts.append(part)
   if not parts:
     return {}
-  rows = {k: np.concatenate([p[k] for p in parts]) for k in FIELDS}
-  return rows if len(rows["inputs"]) else {}
+  rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  return rows if num_rows(rows) else {}

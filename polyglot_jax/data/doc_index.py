@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from polyglot_jax.data import languages as langs
-from polyglot_jax.data.pipeline import DataError, expand_files, log_rejected, parse_record
+from polyglot_jax.data.jsonl import DataError, expand_files, log_rejected, parse_record
 
 ARRAY_RECORD_SUFFIXES = (".arrayrecord", ".array_record")
 

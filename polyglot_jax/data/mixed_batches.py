@@ -1,103 +1,33 @@
-"""JSONL text → tokens → packed rows → resumable, per-host batches.
+"""In-memory packed rows → resumable, per-host batches with languages mixed at set rates.
 
 Batches mix languages at the configured rates (data/mixing.py). The
 iterator is deterministic given its seed, and its state (a few integers)
 goes into every checkpoint; resuming replays nothing and skips nothing.
+Rows may have any fields (those of the record kind); the batch has them all.
 """
 
 from __future__ import annotations
 
-import glob
-import json
-import logging
-from collections import Counter
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from polyglot_jax.data import languages as langs
 from polyglot_jax.data.mixing import MixtureSampler
-from polyglot_jax.data.packing import FIELDS, pack_documents
-from polyglot_jax.errors import DataError  # noqa: F401  (re-exported)
+from polyglot_jax.data.packing import pack_documents
+from polyglot_jax.errors import DataError
 
 
+# Optional key of a rows dict: the language id of each row (kinds whose rows have no lang_ids field).
+ROW_LANG = "row_lang"
 
 
-def expand_files(patterns: Sequence[str], what: str) -> list[str]:
-  files: list[str] = []
-  for pattern in patterns:
-    matched = sorted(glob.glob(pattern))
-    if not matched:
-      raise DataError(f"{what}: '{pattern}' matches no file; check the path")
-    files.extend(matched)
-  return files
+def num_rows(rows: dict[str, np.ndarray]) -> int:
+  return len(next(iter(rows.values()))) if rows else 0
 
 
-def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
-  """(path, line number, raw bytes) of every non-blank line; an unreadable file is a DataError."""
-  for path in paths:
-    try:
-      handle = open(path, "rb")
-    except OSError as e:
-      raise DataError(f"cannot read corpus file '{path}': {e.strerror}; check the path and permissions") from None
-    with handle:
-      for lineno, raw in enumerate(handle, 1):
-        if raw.strip():
-          yield path, lineno, raw
-
-
-def parse_record(raw: bytes, default_lang: str | None = None) -> tuple[str, str] | str:
-  """One {"text", "lang"} record from raw bytes.
-
-  Returns:
-    (text, canonical language code), or the reason the record is rejected.
-    ``default_lang`` is the language of a per-language file; a record there
-    may omit "lang" but must not name another language.
-  """
-  try:
-    record = json.loads(raw.decode("utf-8"))
-    text = record["text"]
-    lang = record.get("lang", default_lang) if default_lang else record["lang"]
-  except UnicodeDecodeError:
-    return "invalid UTF-8"
-  except json.JSONDecodeError:
-    return "malformed JSON"
-  except (KeyError, TypeError, AttributeError):
-    return "missing 'text' or 'lang' field"
-  if not isinstance(text, str) or not text:
-    return "empty or non-string text"
-  try:
-    lang = langs.resolve(lang)
-  except (langs.UnknownLanguageError, TypeError, AttributeError):
-    return f"unknown language {lang!r}"
-  if default_lang and lang != default_lang:
-    return f"lang '{lang}' in a file of language '{default_lang}'"
-  return text, lang
-
-
-def read_jsonl(paths: Sequence[str]) -> tuple[list[tuple[str, str]], Counter]:
-  """Reads {"text", "lang"} records; malformed lines are counted, not dropped silently.
-
-  Returns:
-    (list of (text, canonical language code), Counter of rejection reasons).
-  """
-  records: list[tuple[str, str]] = []
-  rejected: Counter = Counter()
-  first_bad: dict[str, str] = {}
-  for path, lineno, raw in iter_lines(paths):
-    parsed = parse_record(raw)
-    if isinstance(parsed, str):
-      rejected[parsed] += 1
-      first_bad.setdefault(parsed, f"{path}:{lineno}")
-      continue
-    records.append(parsed)
-  log_rejected(rejected, first_bad)
-  return records, rejected
-
-
-def log_rejected(rejected: Counter, first_bad: dict[str, str]) -> None:
-  for reason, count in rejected.items():
-    logging.warning("rejected %d records (%s); first at %s", count, reason, first_bad[reason])
+def row_languages(rows: dict[str, np.ndarray]) -> np.ndarray:
+  """Language id of each row: ``rows[ROW_LANG]``, else the first token's ``lang_ids``."""
+  return rows[ROW_LANG] if ROW_LANG in rows else rows["lang_ids"][:, 0]
 
 
 def tokenize_and_pack(records, processor, language_ids: dict[str, int], seq_len: int) -> dict[str, np.ndarray]:
@@ -121,13 +51,13 @@ class PackedBatches:
 
   def __init__(self, rows: dict[str, np.ndarray], rates: Sequence[float], global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1):
-    self.rows = rows
-    self.num_rows = len(rows["inputs"])
+    self.rows = {k: v for k, v in rows.items() if k != ROW_LANG}
+    self.num_rows = num_rows(rows)
     if self.num_rows == 0:
       raise DataError("the training data packed into 0 rows; add text or lower data.seq_len")
     if global_batch_size % process_count:
       raise DataError(f"data.global_batch_size={global_batch_size} is not divisible by the {process_count} processes")
-    row_lang = rows["lang_ids"][:, 0]
+    row_lang = row_languages(rows)
     self.streams = [np.flatnonzero(row_lang == lang) for lang in range(len(rates))]
     for lang, (rate, stream) in enumerate(zip(rates, self.streams)):
       if rate > 0 and len(stream) == 0:
@@ -159,7 +89,7 @@ class PackedBatches:
     index = np.asarray([self._row(self.sampler.next_index()) for _ in range(self.global_batch_size)])
     mine = index[self.process_index * self.local_batch_size:(self.process_index + 1) * self.local_batch_size]
     self.step += 1
-    return {k: self.rows[k][mine] for k in FIELDS}
+    return {k: v[mine] for k, v in self.rows.items()}
 
 
   def get_state(self) -> dict:
@@ -182,14 +112,16 @@ class PackedBatches:
 def eval_batches(rows: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
                  process_count: int = 1) -> list[dict[str, np.ndarray]]:
   """Fixed held-out batches (padded with zero-weight rows); this process's slice."""
-  n = len(rows["inputs"])
+  n = num_rows(rows)
   padded = -(-n // batch_size) * batch_size
   out = []
   local = batch_size // process_count
   for start in range(0, padded, batch_size):
     batch = {}
-    for k in FIELDS:
-      block = rows[k][start:start + batch_size]
+    for k, v in rows.items():
+      if k == ROW_LANG:
+        continue
+      block = v[start:start + batch_size]
       if len(block) < batch_size:
         pad = np.zeros((batch_size - len(block),) + block.shape[1:], block.dtype)
         block = np.concatenate([block, pad])

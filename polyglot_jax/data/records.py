@@ -1,0 +1,375 @@
+"""Record kinds: what a line of a data file holds, how it is checked, and the rows it becomes.
+
+``config.data.kind`` names one kind; every record of the data files must be
+of that kind. Each kind has a validator (a reason for every rejected record,
+counted and reported with its first file:line) and turns the records of one
+language into rows whose fields are ``kind.fields(seq_len)``. An objective's
+batch spec must be a subset of them (``check_batch_spec``).
+
+Kinds and their JSONL records:
+- ``text``: ``{"text", "lang"}``.
+- ``instruction``: ``{"instruction", "input" (optional), "output", "lang"}``;
+  rendered with ``config.data.template``; loss only on the output.
+- ``chat``: ``{"messages": [{"role", "content"}, ...], "lang"}``; loss only on
+  assistant turns.
+- ``preference``: ``{"prompt", "chosen", "rejected", "lang"}`` plus optional
+  precomputed reference log-probs ``ref_logp_chosen`` / ``ref_logp_rejected``;
+  a pair stays together in one row (chosen_* and rejected_* fields), prompt
+  masked.
+- ``word_pairs``: ``{"src_text", "tgt_text", "src_lang", "tgt_lang"}`` and
+  ``word_groups``: ``{"words": [{"text", "lang"}, ...]}`` (dictionaries);
+  each word is its own segment, a pair or group stays in one row, and
+  ``word_ids`` / ``word_groups`` say which word each token belongs to and
+  which group each word is in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+
+from polyglot_jax.data import languages as langs
+from polyglot_jax.data.rows import BestFitRows, empty_row, pack_documents, write_piece
+from polyglot_jax.errors import ConfigError, DataError
+from polyglot_jax.objectives.base import TEXT_FIELDS, FieldSpec
+
+KINDS: dict[str, "RecordKind"] = {}
+
+
+@dataclasses.dataclass
+class RowOptions:
+  """What row making needs beyond the records: config.data.packing / template, language code → id."""
+  packing: str
+  template: str
+  language_ids: dict
+
+# Instruction templates: (prompt with {instruction} and {input}, prompt without input).
+TEMPLATES = {
+    "alpaca": ("Below is an instruction that describes a task, paired with an input that provides further "
+               "context. Write a response that appropriately completes the request.\n\n"
+               "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n",
+               "Below is an instruction that describes a task. Write a response that appropriately completes "
+               "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"),
+    "plain": ("{instruction}\n{input}\n", "{instruction}\n"),
+}
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+class Rejected(str):
+  """A parser's verdict on a bad record: the reason, counted and reported with its file:line."""
+
+
+def register_kind(kind: "RecordKind") -> "RecordKind":
+  """Adds a record kind to the registry (``config.data.kind`` names it)."""
+  KINDS[kind.name] = kind
+  return kind
+
+
+def get_kind(name: str) -> "RecordKind":
+  if name not in KINDS:
+    raise ConfigError(f"config.data.kind='{name}' is unknown; record kinds: {sorted(KINDS)}")
+  return KINDS[name]
+
+
+def check_batch_spec(objective_name: str, spec: dict[str, FieldSpec], kind_name: str, seq_len: int) -> None:
+  """Raises a ConfigError naming a batch field of the objective that the record kind cannot give."""
+  kind = get_kind(kind_name)
+  gives = kind.fields(seq_len)
+  for name, field in spec.items():
+    if name not in gives:
+      raise ConfigError(f"objective '{objective_name}' needs batch field '{name}' that record kind "
+                        f"'{kind_name}' (config.data.kind) does not give; it gives {sorted(gives)}")
+    if tuple(gives[name].shape) != tuple(field.shape):
+      raise ConfigError(f"objective '{objective_name}' wants batch field '{name}' of shape {tuple(field.shape)} "
+                        f"per row; record kind '{kind_name}' gives {tuple(gives[name].shape)}")
+
+
+@dataclasses.dataclass
+class RecordKind:
+  """Base: a kind is a name, the record keys it needs, a parser and a row maker."""
+  name: str
+  keys: tuple[str, ...]  # Keys every record has (for messages naming the expected fields).
+
+  def fields(self, seq_len: int) -> dict[str, FieldSpec]:
+    return {k: FieldSpec((seq_len,)) for k in TEXT_FIELDS}
+
+  def parse(self, record: dict) -> Any:
+    """Kind-specific content of a record, or ``Rejected(reason)``."""
+    raise NotImplementedError
+
+  def language(self, record: dict) -> Any:
+    return record.get("lang")
+
+  def rows(self, contents: list, processor, lang_id: int, seq_len: int, options) -> dict[str, np.ndarray]:
+    """Rows of one language's contents (options: config.data)."""
+    raise NotImplementedError
+
+
+def _text(record: dict, key: str):
+  value = record.get(key)
+  return value if isinstance(value, str) and value else None
+
+
+class TextKind(RecordKind):
+
+  def parse(self, record):
+    if "text" not in record or "lang" not in record:
+      return Rejected("missing 'text' or 'lang' field")
+    text = _text(record, "text")
+    return text if text is not None else Rejected("empty or non-string text")
+
+  def rows(self, contents, processor, lang_id, seq_len, options):
+    ids = processor.encode(list(contents)) if contents else []
+    return pack_documents(((t, lang_id) for t in ids), seq_len, processor.bos_id(), processor.eos_id(),
+                          max(processor.pad_id(), 0), options.packing)
+
+
+def _prompt_response(processor, prompt: str, response: str):
+  p, r = processor.encode(prompt), processor.encode(response)
+  return p + r, [0] * len(p) + [1] * len(r)
+
+
+class InstructionKind(RecordKind):
+
+  def parse(self, record):
+    instruction, output = _text(record, "instruction"), _text(record, "output")
+    extra = record.get("input", "")
+    if instruction is None or output is None or not isinstance(extra, str):
+      return Rejected("missing, empty or non-string 'instruction' / 'output' (or a non-string 'input')")
+    return instruction, extra, output
+
+  def render(self, content, template: str) -> tuple[str, str]:
+    instruction, extra, output = content
+    with_input, without = TEMPLATES[template]
+    prompt = (with_input if extra else without).format(instruction=instruction, input=extra)
+    return prompt, output
+
+  def rows(self, contents, processor, lang_id, seq_len, options):
+    if options.template not in TEMPLATES:
+      raise ConfigError(f"config.data.template='{options.template}'; templates: {sorted(TEMPLATES)}")
+    docs = []
+    for content in contents:
+      tokens, weights = _prompt_response(processor, *self.render(content, options.template))
+      docs.append((tokens, lang_id, weights))
+    return pack_documents(docs, seq_len, processor.bos_id(), processor.eos_id(), max(processor.pad_id(), 0),
+                          options.packing)
+
+
+class ChatKind(RecordKind):
+
+  def parse(self, record):
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+      return Rejected("missing or empty 'messages' list")
+    out = []
+    for m in messages:
+      if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str):
+        return Rejected(f"a message that is not {{\"role\": one of {list(CHAT_ROLES)}, \"content\": string}}")
+      out.append((m["role"], m["content"]))
+    if not any(role == "assistant" for role, _ in out):
+      return Rejected("no assistant message (nothing to learn from)")
+    return out
+
+  def rows(self, contents, processor, lang_id, seq_len, options):
+    docs = []
+    for messages in contents:
+      tokens, weights = [], []
+      for role, content in messages:
+        head = processor.encode(f"<{role}>\n")
+        body = processor.encode(content + "\n")
+        tokens += head + body
+        weights += [0] * len(head) + [1 if role == "assistant" else 0] * len(body)
+      docs.append((tokens, lang_id, weights))
+    return pack_documents(docs, seq_len, processor.bos_id(), processor.eos_id(), max(processor.pad_id(), 0),
+                          options.packing)
+
+
+PREFERENCE_SIDES = ("chosen", "rejected")
+
+
+class PreferenceKind(RecordKind):
+  """One (prompt, chosen, rejected) pair per row group: chosen_* and rejected_* rows, padded."""
+
+  def fields(self, seq_len):
+    out = {f"{side}_{k}": FieldSpec((seq_len,)) for side in PREFERENCE_SIDES for k in TEXT_FIELDS}
+    out.update(ref_logp_chosen=FieldSpec((), "float32"), ref_logp_rejected=FieldSpec((), "float32"),
+               has_ref_logp=FieldSpec(()))
+    return out
+
+  def parse(self, record):
+    prompt, chosen, rejected = (_text(record, k) for k in ("prompt", "chosen", "rejected"))
+    if prompt is None or chosen is None or rejected is None:
+      return Rejected("missing, empty or non-string 'prompt' / 'chosen' / 'rejected'")
+    refs = [record.get("ref_logp_chosen"), record.get("ref_logp_rejected")]
+    if any(r is not None for r in refs) and not all(isinstance(r, (int, float)) for r in refs):
+      return Rejected("'ref_logp_chosen' and 'ref_logp_rejected' must both be numbers when either is given")
+    return prompt, chosen, rejected, refs if refs[0] is not None else None
+
+  def rows(self, contents, processor, lang_id, seq_len, options):
+    bos, eos, pad = processor.bos_id(), processor.eos_id(), max(processor.pad_id(), 0)
+    out = {k: [] for k in self.fields(seq_len)}
+    truncated = 0
+    for prompt, chosen, rejected, refs in contents:
+      for side, response in zip(PREFERENCE_SIDES, (chosen, rejected)):
+        tokens, weights = _prompt_response(processor, prompt, response)
+        seq = [bos] + tokens + [eos]
+        w = weights + [1]
+        if len(seq) - 1 > seq_len:
+          truncated += 1
+          seq, w = seq[:seq_len + 1], w[:seq_len]
+        row = empty_row(seq_len, pad)
+        write_piece(row, 0, 1, seq[:-1], seq[1:], w, lang_id)
+        for k in TEXT_FIELDS:
+          out[f"{side}_{k}"].append(row[k])
+      out["ref_logp_chosen"].append(refs[0] if refs else 0.0)
+      out["ref_logp_rejected"].append(refs[1] if refs else 0.0)
+      out["has_ref_logp"].append(1 if refs else 0)
+    if truncated:
+      logging.warning("preference data: %d responses longer than data.seq_len=%d were cut at the end",
+                      truncated, seq_len)
+    specs = self.fields(seq_len)
+    return {k: np.asarray(v, specs[k].dtype).reshape((len(contents),) + specs[k].shape) for k, v in out.items()}
+
+
+class WordsKind(RecordKind):
+  """Dictionary words: each word a segment; a pair or group stays in one row.
+
+  Extra fields: ``word_ids`` [L] (1-based index of the word a token belongs
+  to within its row, 0 elsewhere; bos/eos of a word belong to it) and
+  ``word_groups`` [L // 2] (the group of word i+1 within the batch: a running
+  group number, -1 for no word).
+  """
+
+  def fields(self, seq_len):
+    out = super().fields(seq_len)
+    out.update(word_ids=FieldSpec((seq_len,)), word_groups=FieldSpec((seq_len // 2,)))
+    return out
+
+  def parse(self, record):
+    if self.name == "word_pairs":
+      src, tgt = _text(record, "src_text"), _text(record, "tgt_text")
+      if src is None or tgt is None:
+        return Rejected("missing, empty or non-string 'src_text' / 'tgt_text'")
+      words = [(src, record.get("src_lang")), (tgt, record.get("tgt_lang"))]
+    else:
+      raw = record.get("words")
+      if not isinstance(raw, list) or len(raw) < 2:
+        return Rejected("'words' must be a list of at least two {\"text\", \"lang\"} entries")
+      words = [(w.get("text"), w.get("lang")) if isinstance(w, dict) else (None, None) for w in raw]
+    out = []
+    for text, lang in words:
+      if not isinstance(text, str) or not text:
+        return Rejected("a word with empty or non-string text")
+      try:
+        out.append((text, langs.resolve(lang)))
+      except (langs.UnknownLanguageError, TypeError, AttributeError):
+        return Rejected(f"unknown language {lang!r}")
+    return out
+
+  def language(self, record):
+    if self.name == "word_pairs":
+      return record.get("src_lang")
+    words = record.get("words")
+    return words[0].get("lang") if isinstance(words, list) and words and isinstance(words[0], dict) else None
+
+  def rows(self, contents, processor, lang_id, seq_len, options):
+    del lang_id  # Every word carries its own language.
+    bos, eos, pad = processor.bos_id(), processor.eos_id(), max(processor.pad_id(), 0)
+    ids = options.language_ids
+    max_words = seq_len // 2
+    rows, words_in, groups = [], [], []
+    row, fill, n_words = None, seq_len, max_words
+    group = 0
+    for words in contents:
+      encoded = [(processor.encode(text), ids.get(lang, 0)) for text, lang in words]
+      need = sum(len(t) + 1 for t, _ in encoded)
+      if need > seq_len or len(encoded) > max_words:
+        continue
+      if fill + need > seq_len or n_words + len(encoded) > max_words:
+        row, fill, n_words = empty_row(seq_len, pad), 0, 0
+        rows.append(row)
+        words_in.append(np.zeros(seq_len, np.int32))
+        groups.append(np.full(max_words, -1, np.int32))
+      group += 1
+      for tokens, lang in encoded:
+        seq = [bos] + list(tokens) + [eos]
+        n_words += 1
+        start = fill
+        fill = write_piece(row, fill, n_words, seq[:-1], seq[1:], [1] * (len(seq) - 1), lang)
+        words_in[-1][start:fill] = n_words
+        groups[-1][n_words - 1] = group
+    if not rows:
+      return {k: np.zeros((0,) + f.shape, np.int32) for k, f in self.fields(seq_len).items()}
+    out = {k: np.stack([r[k] for r in rows]) for k in TEXT_FIELDS}
+    out.update(word_ids=np.stack(words_in), word_groups=np.stack(groups))
+    return out
+
+
+register_kind(TextKind("text", ("text", "lang")))
+register_kind(InstructionKind("instruction", ("instruction", "output", "lang")))
+register_kind(ChatKind("chat", ("messages", "lang")))
+register_kind(PreferenceKind("preference", ("prompt", "chosen", "rejected", "lang")))
+register_kind(WordsKind("word_pairs", ("src_text", "tgt_text", "src_lang", "tgt_lang")))
+register_kind(WordsKind("word_groups", ("words",)))
+
+
+def _other_kind(record: dict, kind: RecordKind) -> RecordKind | None:
+  """The registered kind whose keys this record has, when it lacks ``kind``'s."""
+  if all(k in record for k in kind.keys):
+    return None
+  for other in KINDS.values():
+    if other is not kind and all(k in record for k in other.keys):
+      return other
+  return None
+
+
+def read_records(paths: Sequence[str], kind_name: str, languages_given: Sequence[str] = ()):
+  """Reads and validates records of one kind.
+
+  Returns:
+    (list of (content, canonical language code), Counter of rejection reasons).
+
+  Raises:
+    DataError: a file holds records of another kind (named with file:line and
+      the fields this kind expects), or cannot be read.
+  """
+  from polyglot_jax.data.jsonl import iter_lines, log_rejected
+  kind = get_kind(kind_name)
+  out, rejected, first_bad = [], Counter(), {}
+  for path, lineno, raw in iter_lines(paths):
+    try:
+      record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+      reason = "invalid UTF-8"
+    except json.JSONDecodeError:
+      reason = "malformed JSON"
+    else:
+      reason = None
+      if not isinstance(record, dict):
+        reason = "not a JSON object"
+      else:
+        other = _other_kind(record, kind)
+        if other is not None:
+          raise DataError(f"{path}:{lineno}: a '{other.name}' record where config.data.kind='{kind.name}' expects "
+                          f"fields {list(kind.keys)}; set config.data.kind={other.name} or use other files")
+        content = kind.parse(record)
+        if isinstance(content, Rejected):
+          reason = str(content)
+        else:
+          lang = kind.language(record)
+          try:
+            lang = langs.resolve(lang)
+          except (langs.UnknownLanguageError, TypeError, AttributeError):
+            reason = f"unknown language {lang!r}"
+    if reason is not None:
+      rejected[reason] += 1
+      first_bad.setdefault(reason, f"{path}:{lineno}")
+      continue
+    out.append((content, lang))
+  log_rejected(rejected, first_bad)
+  return out, rejected
