@@ -55,9 +55,19 @@ def _train(argv: list[str]) -> int:
     config = gin_config.config_from_gin(args.gin_file, args.gin_bindings)
     config_lib.apply_overrides(config, overrides)
     config_lib.validate(config)
+  if config.init_from:
+    # The network's shape comes from the checkpoint; only an explicit contradicting flag is an error.
+    from polyglot_jax import loading
+    loading.apply_init_from(config, [item.split("=", 1)[0] for item in overrides] + _gin_keys(args.gin_bindings))
+    config_lib.validate(config)
   from polyglot_jax.train.trainer import train_and_evaluate
   train_and_evaluate(config, args.workdir)
   return 0
+
+
+def _gin_keys(bindings: list[str]) -> list[str]:
+  """Dotted config keys set by --gin_bindings ('model.d_model = 8' → model.d_model)."""
+  return [b.split("=", 1)[0].strip() for b in bindings if "=" in b]
 
 
 def _data(argv: list[str]) -> int:

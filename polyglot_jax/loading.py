@@ -223,21 +223,15 @@ def load(path: str, step: int | None = None, *, mesh=None, dtype: str | None = N
   params = read_params(path, config, step)
   model_cfg = ModelConfig.from_config(config.model)
   if mesh is None:
-    abstract = jax.sharding.get_abstract_mesh()
-    if abstract is not None and not abstract.empty:
-      mesh = jax.sharding.get_mesh() if hasattr(jax.sharding, "get_mesh") else None
-  if mesh is not None:
-    rules = mesh_lib.rules_tuple(config.logical_axis_rules)
-    with mesh_lib.activate(mesh, rules):
-      abstract_model = nnx.eval_shape(lambda: Decoder(model_cfg, nnx.Rngs(params=0)))
-      graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-      specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
-    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
-  else:
+    active = jax.sharding.get_mesh()
+    mesh = active if active is not None and not active.empty else \
+        mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1])
+  rules = mesh_lib.rules_tuple(config.logical_axis_rules)
+  with mesh_lib.activate(mesh, rules):
     abstract_model = nnx.eval_shape(lambda: Decoder(model_cfg, nnx.Rngs(params=0)))
     graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-    device = jax.devices()[0]
-    shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(device), nnx.to_pure_dict(abstract_params))
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+  shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
   want = nnx.to_pure_dict(abstract_params)
   arrays = jax.tree.map(lambda x, spec, s: jax.device_put(np.asarray(x, dtype=spec.dtype), s), params, want, shardings)
   model = nnx.merge(graphdef, arrays)

@@ -2,8 +2,9 @@
 
     python tests/multihost_worker.py ROWS.npz train --config CONFIG --workdir DIR
 
-Every call of ``trainer.global_batch`` — where a host hands its local rows to
-``make_array_from_process_local_data``, for train and eval batches alike — is
+Every call of ``global_batch`` — where a host hands its local rows to
+``make_array_from_process_local_data``, for train and eval batches alike (the
+loop calls it through train/trainer.py, evaluation through train/build.py) — is
 recorded, so the test can compare what each host fed with what one process
 feeds alone.
 
@@ -15,19 +16,37 @@ instead of training on, so that the test can SIGKILL it at a known point.
 import os
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
 
-def record_fed_rows(global_batch):
+def record_fed_rows(global_batch, fed: list | None = None):
   """Wraps ``global_batch``; returns (wrapper, list the local rows are appended to)."""
-  fed = []
+  fed = [] if fed is None else fed
 
   def recording(setup, local):
     fed.append({k: np.array(local[k]) for k in ("inputs", "loss_weights")})
     return global_batch(setup, local)
 
   return recording, fed
+
+
+def install_recorder() -> tuple[list[dict], Callable[[], None]]:
+  """Records every global_batch call, wherever it is made from; returns (fed rows, undo)."""
+  from polyglot_jax.train import build, trainer
+  # The loop calls trainer.global_batch and evaluation build.global_batch: wrap it in every module holding it.
+  modules = [m for m in (trainer, build) if hasattr(m, "global_batch")]
+  originals = [m.global_batch for m in modules]
+  fed: list[dict] = []
+  for m, original in zip(modules, originals):
+    m.global_batch = record_fed_rows(original, fed)[0]
+
+  def undo():
+    for m, original in zip(modules, originals):
+      m.global_batch = original
+
+  return fed, undo
 
 
 def save_fed_rows(path: str, fed: list[dict]) -> None:
@@ -55,8 +74,7 @@ def hang_after_checkpoint(step: int, marker: str, seconds: float = 600.0) -> Non
 def main() -> int:
   out, argv = sys.argv[1], sys.argv[2:]
   from polyglot_jax import cli
-  from polyglot_jax.train import trainer
-  trainer.global_batch, fed = record_fed_rows(trainer.global_batch)
+  fed, _ = install_recorder()
   if os.environ.get("MULTIHOST_HANG_AFTER_CHECKPOINT"):
     hang_after_checkpoint(int(os.environ["MULTIHOST_HANG_AFTER_CHECKPOINT"]), out + ".hung")
   code = cli.main(argv)
