@@ -35,7 +35,6 @@ import glob
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 from typing import Iterator, Mapping, MutableMapping
 
@@ -45,10 +44,12 @@ TPU_PCI_DEVICE_IDS = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063"
 # PCI classes of Google devices that are not TPUs: storage (NVMe persistent disk),
 # network (gVNIC), display and bridges. Any other Google device counts as a TPU.
 _NOT_TPU_PCI_CLASSES = ("0x01", "0x02", "0x03", "0x06")
-# TPU_* variables that libraries set on machines without a TPU: libtpu's import
-# (TPU_LIBRARY_PATH), jax when it finds no chip (TPU_SKIP_MDS_QUERY), logging.
-_TPU_VARIABLES_WITHOUT_TPU = frozenset({"TPU_LIBRARY_PATH", "TPU_SKIP_MDS_QUERY", "TPU_MIN_LOG_LEVEL",
-                                        "TPU_STDERR_LOG_LEVEL", "TPU_LOG_DIR", "TPU_MAX_LOG_SIZE_MB"})
+# TPU_* variables that libraries set on machines without a TPU, inherited by child
+# processes: libtpu's import (TPU_LIBRARY_PATH), jax when it finds no chip
+# (TPU_SKIP_MDS_QUERY), TensorFlow's import (TPU_ML_PLATFORM*); and logging settings.
+_TPU_VARIABLES_WITHOUT_TPU = frozenset({
+    "TPU_LIBRARY_PATH", "TPU_SKIP_MDS_QUERY", "TPU_ML_PLATFORM", "TPU_ML_PLATFORM_VERSION",
+    "TPU_MIN_LOG_LEVEL", "TPU_STDERR_LOG_LEVEL", "TPU_LOG_DIR", "TPU_MAX_LOG_SIZE_MB"})
 
 # TF_CPP_MIN_LOG_LEVEL as the user set it, read by setup() before jax's setdefault.
 _user_tf_log_level: str | None = None
@@ -162,38 +163,31 @@ def keep_line(line: bytes, min_level: int) -> bool:
   return severity >= min(min_level, 3)
 
 
-# The filter process: stdin lines that keep_line() keeps go to its stdout (the real stderr). A
-# separate process, so that a crash of ours cannot swallow what was already written, and the
-# filter needs no GIL while a C++ static initialiser holds it.
-_FILTER_PROGRAM = """
-import re, sys
-LOG_LINE = re.compile({log_line!r})
-BANNER = {banner!r}
-SEVERITY = {severity!r}
-min_level = int(sys.argv[1])
-out = sys.stdout.buffer
-for line in sys.stdin.buffer:
-  m = LOG_LINE.match(line)
-  if line.rstrip(b"\\r\\n") == BANNER or (m and SEVERITY[m.group(1) or m.group(2)] < min(min_level, 3)):
-    continue
-  out.write(line)
-  out.flush()
-""".format(log_line=_LOG_LINE.pattern, banner=_ABSL_BANNER, severity=_SEVERITY)
+def _filter(min_level: int, source, sink) -> None:
+  """The filter process of :func:`_stderr_filtered`: copies the lines :func:`keep_line` keeps."""
+  for line in source:
+    if keep_line(line, min_level):
+      sink.write(line)
+      sink.flush()
 
 
 @contextlib.contextmanager
 def _stderr_filtered(min_level: int) -> Iterator[None]:
   """File descriptor 2, C++ writes included, passes through :func:`keep_line` inside the block."""
-  if min_level <= 0 or os.name != "posix" or not sys.executable:
+  if min_level <= 0 or os.name != "posix" or not sys.executable or not os.path.isfile(__file__):
     yield
     return
+  import subprocess
   try:
     saved = os.dup(2)
   except OSError:  # No stderr at all.
     yield
     return
   try:
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER_PROGRAM, str(min_level)],
+    # This file run as a script (it needs only the standard library), in its own process: a crash
+    # of ours cannot swallow what was already written, and the filter needs no GIL while a C++
+    # static initialiser holds it.
+    proc = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(min_level)],
                             stdin=subprocess.PIPE, stdout=saved, stderr=saved, close_fds=True)
   except OSError:
     os.close(saved)
@@ -224,7 +218,7 @@ def _flush_python_streams() -> None:
 
 @contextlib.contextmanager
 def tensorflow_logs() -> Iterator[None]:
-  """Wrap the first ``import tensorflow`` (and TensorFlow's device set-up) in this.
+  """Wrap an ``import tensorflow`` (direct, or through clu, seqio, ...) in this; free once it is loaded.
 
   TF_CPP_MIN_LOG_LEVEL is the user's value, else 3 (errors reach us as Python
   exceptions), while TensorFlow reads it; the lines TensorFlow prints before
@@ -245,3 +239,7 @@ def tensorflow_logs() -> Iterator[None]:
       os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
     else:
       os.environ["TF_CPP_MIN_LOG_LEVEL"] = previous
+
+
+if __name__ == "__main__":  # The filter process of _stderr_filtered: polyglot_jax/quiet.py LEVEL.
+  _filter(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)

@@ -206,3 +206,28 @@ def test_stacked_objectives_sum_members_with_their_own_normalisers(make_config):
   # Step 0: the probe's ramp is 0, so its loss is its plain cross-entropy.
   expected = o["lm/ce_sum"] / batch["lm/loss_weights"].sum() + 0.5 * o["probe/ce_sum"] / batch["probe/loss_weights"].sum()
   np.testing.assert_allclose(float(out["loss"]), expected, rtol=1e-5)
+
+
+@register("nan_at_step_2")
+class NanAtStep2(LanguageModelling):
+  """LM whose loss is NaN at step 2 only (a skipped update)."""
+
+  def loss_sums(self, model, batch, ctx):
+    loss_sum, weight, out = super().loss_sums(model, batch, ctx)
+    return jnp.where(ctx.step == 2, jnp.nan, loss_sum), weight, out
+
+
+def test_logged_learning_rate_follows_applied_updates_after_a_skip(make_config, tmp_path):
+  from polyglot_jax.train.optimizer import learning_rate_schedule
+  config = make_config(objective="nan_at_step_2", train__num_steps=5, train__log_every_steps=1,
+                       optimizer__warmup_steps=10, optimizer__learning_rate=1.0, checkpoint__every_steps=0)
+  summary = train_and_evaluate(config, str(tmp_path))
+  assert summary["skipped_steps"] == 1
+  rows = {r["step"]: r for r in map(json.loads, open(tmp_path / "metrics.jsonl"))}
+  schedule = learning_rate_schedule(config.optimizer, 5)
+  # Updates applied: steps 1, 2, 4, 5 (step 3 computed step index 2 and was skipped), so the
+  # optimizer's schedule count lags the step by one after the skip.
+  expected = {1: 0, 2: 1, 3: 1, 4: 2, 5: 3}
+  for step, count in expected.items():
+    assert rows[step]["learning_rate"] == pytest.approx(float(schedule(count))), step
+  assert rows[3]["skipped_steps"] == 1

@@ -32,13 +32,16 @@ LIBTPU = importlib.util.find_spec("libtpu") is not None
 
 
 def newcomer_env(**extra):
-  """os.environ without what this test session set (JAX_*, TF_CPP_*, XLA_FLAGS), as in a fresh shell.
+  """os.environ without the settings this test session made (JAX_*, TF_CPP_*, XLA_FLAGS).
+
+  What jax, libtpu and TensorFlow set on import (TPU_SKIP_MDS_QUERY, TPU_ML_PLATFORM, ...) stays: a
+  child of a process that loaded them inherits it too.
 
   ALLOW_MULTIPLE_LIBTPU_LOAD=1: libtpu initialises (and prints) even while another process on the
   machine holds /tmp/libtpu_lockfile, so a regression shows whatever else runs.
   """
   env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("JAX_", "TF_CPP_", "XLA_FLAGS", "TPU_SKIP_MDS_QUERY"))}
+         if not k.startswith(("JAX_", "TF_CPP_", "XLA_FLAGS"))}
   env.update(PYTHONPATH=REPO, ALLOW_MULTIPLE_LIBTPU_LOAD="1", **extra)
   return env
 
@@ -104,7 +107,10 @@ def test_tpu_detection(tmp_path):
   _fake_pci(tmp_path, "0000:00:05.0", "0x1ae0", "0x001f", "0x010802")  # Google NVMe disk
   _fake_pci(tmp_path, "0000:00:06.0", "0x10de", "0x2335", "0x030200")  # an NVIDIA GPU
   assert not quiet.tpu_attached({}, root=str(tmp_path))
-  assert not quiet.tpu_attached({"TPU_LIBRARY_PATH": "/x/libtpu.so", "TPU_SKIP_MDS_QUERY": "1"}, root=str(tmp_path))
+  # Set by libtpu's import, by jax finding no chip and by TensorFlow's import, on any machine.
+  assert not quiet.tpu_attached({"TPU_LIBRARY_PATH": "/x/libtpu.so", "TPU_SKIP_MDS_QUERY": "1",
+                                 "TPU_ML_PLATFORM": "Tensorflow", "TPU_ML_PLATFORM_VERSION": "2.21.0"},
+                                root=str(tmp_path))
   (tmp_path / "dev" / "vfio").mkdir()
   (tmp_path / "dev" / "vfio" / "vfio").write_text("")  # The vfio control node alone is no TPU.
   assert not quiet.tpu_attached({}, root=str(tmp_path))

@@ -84,61 +84,25 @@ def extend_checkpoint(workdir: str, new_workdir: str, old_model: str, new_model:
   The step, optimizer state (new rows start at zero moments) and PRNG key
   carry over; the data iterator starts fresh (the new run reads new data).
   ``new_workdir/config.json`` is the old config with ``model.vocab_size`` and
-  ``data.tokenizer`` updated.
+  ``data.tokenizer`` updated. The rewrite itself is ``train.surgery``'s.
 
   Returns:
     {"step", "vocab_size", "new_pieces"}.
   """
-  import json
-
-  import jax
   import sentencepiece as spm
 
-  from polyglot_jax import configs as config_lib
-  from polyglot_jax import mesh as mesh_lib
-  from polyglot_jax.train.checkpoint import Checkpointer, CheckpointError, shape_signature
-  from polyglot_jax.train.state import TrainState, path_names
-  from polyglot_jax.train.trainer import build
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise CheckpointError(f"{config_path} is missing; extend needs the workdir of a training run")
-  with open(config_path) as f:
-    config = config_lib.config_from_dict(json.load(f))
+  from polyglot_jax.train.surgery import pad_rows, rewrite_checkpoint
   old, new = spm.SentencePieceProcessor(model_file=old_model), spm.SentencePieceProcessor(model_file=new_model)
-  mesh = mesh_lib.make_mesh({"fsdp": -1})
-  setup = build(config, 1, mesh=mesh)
-  ckpt = Checkpointer(workdir, 0, 1, False)
-  restored = ckpt.restore(setup.abstract_state, shape_signature(setup.abstract_state))
-  ckpt.close()
-  if restored is None:
-    raise CheckpointError(f"no checkpoint in {workdir}/checkpoints to extend")
-  step, state, _, meta = restored
-  vocab_size = max(config.model.vocab_size, new.vocab_size())
-  params = grow_params(jax.device_get(state.params), old, new, old.vocab_size(), vocab_size)
+  sizes = {}
 
-  def grow_moment(path, x):
-    names = path_names(path)
-    x = np.asarray(x)
-    if names and names[-1] == "embedding":
-      return np.concatenate([x, np.zeros((vocab_size - x.shape[0],) + x.shape[1:], x.dtype)])
-    if names and names[-1] == "lm_head":
-      return np.concatenate([x, np.zeros((x.shape[0], vocab_size - x.shape[1]), x.dtype)], axis=1)
-    return x
+  def grow(config, state):
+    vocab_size = max(config.model.vocab_size, new.vocab_size())
+    sizes["vocab"] = vocab_size
+    params = grow_params(state.params, old, new, old.vocab_size(), vocab_size)
+    opt_state = pad_rows(pad_rows(state.opt_state, "embedding", 0, vocab_size), "lm_head", 1, vocab_size)
+    config.model.vocab_size = vocab_size
+    config.data.tokenizer = os.path.abspath(new_model)
+    return config, params, opt_state
 
-  opt_state = jax.tree_util.tree_map_with_path(grow_moment, jax.device_get(state.opt_state))
-  config.unlock()
-  config.model.vocab_size = vocab_size
-  config.data.tokenizer = os.path.abspath(new_model)
-  config.lock()
-  new_setup = build(config, 1, mesh=mesh)
-  grown = TrainState(step=state.step, params=params, opt_state=opt_state, rng=state.rng,
-                     skipped_steps=state.skipped_steps, consecutive_skips=state.consecutive_skips)
-  grown = jax.device_put(grown, new_setup.state_shardings)
-  os.makedirs(new_workdir, exist_ok=True)
-  out = Checkpointer(new_workdir, 0, 3, False)
-  out.save(step, grown, {}, {"shapes": shape_signature(new_setup.abstract_state),
-                             "languages": meta.get("languages", [])}, force=True)
-  out.close()
-  with open(os.path.join(new_workdir, "config.json"), "w") as f:
-    f.write(config_lib.to_json(config))
-  return {"step": step, "vocab_size": vocab_size, "new_pieces": new.vocab_size() - old.vocab_size()}
+  info = rewrite_checkpoint(workdir, new_workdir, grow)
+  return {"step": info["step"], "vocab_size": sizes["vocab"], "new_pieces": new.vocab_size() - old.vocab_size()}
