@@ -94,8 +94,10 @@ def default_config() -> ConfigDict:
   # The objective's batch spec must be a subset of the fields the kind gives.
   c.data.kind = "text"
   # Packing of documents into rows: best_fit puts each document into the open row with the least
-  # room that still holds it; greedy closes a row when the next piece does not fit.
+  # room that still holds it (packed: all rows open; grain/seqio: data.open_rows open rows);
+  # greedy closes a row when the next piece does not fit (the layout of earlier versions).
   c.data.packing = "best_fit"
+  c.data.open_rows = 8  # grain/seqio best_fit: rows kept open per host (their contents go into checkpoints).
   c.data.template = "alpaca"  # instruction records: alpaca | plain (data/records.py TEMPLATES).
   c.data.source = "jsonl"  # packed backend: jsonl = files of {"text", "lang"} records; demo = the offline demo corpus.
   c.data.train_files = ()  # Glob patterns of training files of {"text", "lang"} records (.jsonl, .arrayrecord).
@@ -330,6 +332,10 @@ def validate(config: ConfigDict) -> None:
     raise ConfigError(f"config.data.source='{d.source}'; use jsonl or demo")
   if d.backend not in ("packed", "grain", "seqio"):
     raise ConfigError(f"config.data.backend='{d.backend}'; use packed, grain or seqio")
+  if d.packing not in ("greedy", "best_fit"):
+    raise ConfigError(f"config.data.packing='{d.packing}'; use best_fit or greedy")
+  if d.open_rows < 1:
+    raise ConfigError(f"config.data.open_rows={d.open_rows}; keep at least 1 row open")
   if d.on_host_change not in ("error", "restart"):
     raise ConfigError(f"config.data.on_host_change='{d.on_host_change}'; use error or restart")
 

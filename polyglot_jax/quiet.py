@@ -12,7 +12,9 @@ Two sources print such lines although nothing is wrong:
   with anyway: libtpu is installed, no TPU is attached (no TPU PCI device,
   ``/dev/accel*``, ``/dev/vfio`` group or ``TPU_*`` setting) and no other jax
   accelerator plugin (CUDA, ROCm, ...) is installed. A TPU VM or a GPU
-  machine is left alone, so jax finds its accelerator as before.
+  machine is left alone, so jax finds its accelerator as before. (libtpu has
+  no setting that skips this probe; TPU_MIN_LOG_LEVEL does not hide these
+  lines; jax skips a platform only when JAX_PLATFORMS leaves it out.)
 * TensorFlow (behind clu's TensorBoard writer). Importing it prints
   ``oneDNN custom operations are on ...`` and ``cudart_stub.cc: Could not
   find cuda drivers ...`` from C++ static initialisers, which run before
@@ -145,7 +147,9 @@ def setup(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
 
 # absl / TensorFlow C++ log lines: "I0000 00:00:1795967315.888429    4860 port.cc:153] ..."
 # (absl before InitializeLog), "I1129 15:49:37.955225 ..." and "2025-09-17 14:44:05.157831: I ..." (tsl).
-_LOG_LINE = re.compile(rb"^(?:([IWEF])\d{4} \d\d:\d\d:[\d.]+ +\d+ |\d{4}-\d\d-\d\d \d\d:\d\d:[\d.]+: ([IWEF]) )\S+:\d+\] ")
+_LOG_LINE = re.compile(rb"^(?:([IWEF])\d{4} \d\d:\d\d:[\d.]+ +\d+ "  # absl
+                       rb"|\d{4}-\d\d-\d\d \d\d:\d\d:[\d.]+: ([IWEF]) )"  # tsl
+                       rb"\S+:\d+\] ")
 _ABSL_BANNER = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 _SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
 

@@ -25,8 +25,8 @@ NOISE = [
     "cpu_feature_guard",
 ]
 # Any C++ (absl / tsl) log line: "I0000 00:00:1795967315.888429    4860 port.cc:153] ...".
-CPP_LOG_LINE = re.compile(r"^(?:[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ |\d{4}-\d\d-\d\d \d\d:\d\d:[\d.]+: [IWEF] )\S+:\d+\] ",
-                          re.MULTILINE)
+CPP_LOG_LINE = re.compile(r"^(?:[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ |\d{4}-\d\d-\d\d \d\d:\d\d:[\d.]+: [IWEF] )"
+                          r"\S+:\d+\] ", re.MULTILINE)
 
 LIBTPU = importlib.util.find_spec("libtpu") is not None
 

@@ -116,7 +116,8 @@ def make_data(config: ConfigDict, workdir: str) -> Data:
                  "documents": {c: len(r) for c, r in readers.items()},
                  "weights": {c: round(w, 12) for c, w in weights.items()}}
   train = stream.StreamBatches(opener, d.seq_len, local_batch_size(config), processor.bos_id(), processor.eos_id(),
-                               max(processor.pad_id(), 0), fingerprint, d.on_host_change)
+                               max(processor.pad_id(), 0), fingerprint, d.on_host_change, packing=d.packing,
+                               open_rows=d.open_rows)
   held_out, eval_rejected = held_out_batches(config, eval_files, d.language_eval_files, processor, languages)
   rejected.update(eval_rejected)
   logging.info("grain data: %d languages, %d documents; document weights %s", len(languages),

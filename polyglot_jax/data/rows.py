@@ -155,3 +155,65 @@ def padding_fraction(rows: dict[str, np.ndarray]) -> float:
   """Share of row positions that hold no token."""
   seg = rows["segment_ids"]
   return float((seg == 0).sum() / max(seg.size, 1))
+
+
+class WindowedBestFit:
+  """Best-fit over a bounded window of open rows, for streams, with its state as plain JSON.
+
+  Each piece goes to the open row with the least room that still holds it;
+  when none does and ``max_open`` rows are open, the fullest open row is
+  emitted first. A row with no room left is emitted at once. Emitted rows
+  wait in ``ready`` until taken. ``state()`` / ``set_state()`` carry the open
+  and ready rows, so a resumed stream continues exactly.
+  """
+
+  def __init__(self, seq_len: int, pad_id: int, max_open: int):
+    self.seq_len, self.pad_id, self.max_open = seq_len, pad_id, max(1, max_open)
+    self.open: list[list] = []  # [row, fill, segments]
+    self.ready: list[dict[str, np.ndarray]] = []
+
+  def add(self, inputs, targets, weights, lang: int) -> None:
+    n = len(inputs)
+    fits = [(self.seq_len - fill, i) for i, (_, fill, _) in enumerate(self.open) if self.seq_len - fill >= n]
+    if fits:
+      i = min(fits)[1]
+    else:
+      if len(self.open) >= self.max_open:
+        fullest = min(range(len(self.open)), key=lambda j: (self.seq_len - self.open[j][1], j))
+        self.ready.append(self.open.pop(fullest)[0])
+      self.open.append([empty_row(self.seq_len, self.pad_id), 0, 0])
+      i = len(self.open) - 1
+    entry = self.open[i]
+    entry[2] += 1
+    entry[1] = write_piece(entry[0], entry[1], entry[2], inputs, targets, weights, lang)
+    if entry[1] == self.seq_len:
+      self.ready.append(self.open.pop(i)[0])
+
+  def flush(self) -> None:
+    """Emits every open row (the stream ended)."""
+    self.ready.extend(entry[0] for entry in self.open)
+    self.open = []
+
+  def state(self) -> dict:
+    return {"open": [{"fill": fill, "segments": seg, "row": _encode_row(row, fill)} for row, fill, seg in self.open],
+            "ready": [_encode_row(row, self.seq_len) for row in self.ready]}
+
+  def set_state(self, state: dict) -> None:
+    self.open = [[_decode_row(e["row"], self.seq_len, self.pad_id), int(e["fill"]), int(e["segments"])]
+                 for e in state.get("open", [])]
+    self.ready = [_decode_row(r, self.seq_len, self.pad_id) for r in state.get("ready", [])]
+
+
+def _encode_row(row: dict[str, np.ndarray], fill: int) -> dict[str, str]:
+  """The filled part of a row as base64 int32 per field (compact enough for a JSON checkpoint item)."""
+  import base64
+  return {k: base64.b64encode(np.ascontiguousarray(row[k][:fill], np.int32).tobytes()).decode() for k in TEXT_FIELDS}
+
+
+def _decode_row(encoded: dict[str, str], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+  import base64
+  row = empty_row(seq_len, pad_id)
+  for k in TEXT_FIELDS:
+    values = np.frombuffer(base64.b64decode(encoded[k]), np.int32)
+    row[k][:len(values)] = values
+  return row

@@ -265,7 +265,8 @@ def make_data(config: ConfigDict, workdir: str) -> dataset.Data:
                  "global_batch_size": d.global_batch_size, "shuffle_seed": d.shuffle_seed,
                  "tfds_name": d.tfds_name, "weights": {c: round(w, 12) for c, w in weights.items()}}
   train = stream.StreamBatches(open_stream, d.seq_len, dataset.local_batch_size(config), processor.bos_id(),
-                               processor.eos_id(), max(processor.pad_id(), 0), fingerprint, d.on_host_change)
+                               processor.eos_id(), max(processor.pad_id(), 0), fingerprint, d.on_host_change,
+                               packing=d.packing, open_rows=d.open_rows)
   held_out = _held_out(config, tasks, languages, processor)
   logging.info("seqio data: tasks %s; document weights %s", sorted(tasks.values()),
                {c: f"{w:.3g}" for c, w in weights.items()})

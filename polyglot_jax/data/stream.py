@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from polyglot_jax.data.packing import FIELDS
-from polyglot_jax.data.rows import greedy_rows
+from polyglot_jax.data.rows import WindowedBestFit, document_pieces, greedy_rows
 from polyglot_jax.errors import DataError
 
 DocStream = Callable[[int], Iterator[tuple[np.ndarray, int]]]
@@ -42,11 +42,15 @@ class StreamBatches:
     fingerprint: what must match for a checkpoint's state to apply (backend,
       languages, rates, seed, batch size, ...); a mismatch is an error naming it.
     on_host_change: "error" or "restart" when the checkpoint had another host count.
+    packing: "greedy" (close a row when the next piece does not fit) or "best_fit"
+      (each piece into the open row with the least room that holds it, over a window
+      of ``open_rows`` open rows; the open rows travel in the checkpoint).
   """
 
   def __init__(self, open_stream: DocStream, seq_len: int, local_batch_size: int, bos_id: int, eos_id: int,
                pad_id: int, fingerprint: dict, on_host_change: str = "error",
-               process_index: int | None = None, process_count: int | None = None):
+               process_index: int | None = None, process_count: int | None = None, packing: str = "greedy",
+               open_rows: int = 8):
     self.open_stream = open_stream
     self.seq_len = seq_len
     self.local_batch_size = local_batch_size
@@ -58,6 +62,10 @@ class StreamBatches:
     self.position, self.offset = 0, 0
     self.step = 0
     self._rows = None
+    self.packing = packing
+    self._packer = WindowedBestFit(seq_len, pad_id, open_rows) if packing == "best_fit" else None
+    if packing == "best_fit":
+      self.fingerprint["packing"] = f"best_fit/{open_rows}"
 
   # ---- Iteration.
 
@@ -80,14 +88,41 @@ class StreamBatches:
 
   def _packed_rows(self, position: int, offset: int):
     """Rows with the resume point after each: (row, (position, offset))."""
+    if self._packer is not None:
+      yield from self._best_fit_rows(position, offset)
+      return
     docs = ((doc, offset if i == 0 else 0) for i, doc in enumerate(self.open_stream(position)))
     for row, (consumed, start) in greedy_rows(docs, self.seq_len, self.bos_id, self.eos_id, self.pad_id):
       yield row, (position + consumed, start)
 
+  def _best_fit_rows(self, position: int, offset: int):
+    """Windowed best-fit rows; the resume point is the next piece to read (plus the packer's state)."""
+    packer = self._packer
+    resume = (position, offset)
+    while packer.ready:
+      yield packer.ready.pop(0), resume
+    for i, doc in enumerate(self.open_stream(position)):
+      tokens, lang = doc[0], doc[1]
+      length = len(tokens) + 1  # Inputs of [bos] + tokens + [eos].
+      for start, inputs, targets, weights in document_pieces(tokens, self.bos_id, self.eos_id, self.seq_len,
+                                                             doc[2] if len(doc) > 2 else None,
+                                                             offset if i == 0 else 0):
+        packer.add(inputs, targets, weights, lang)
+        end = start + len(inputs)
+        resume = (position + i, end) if end < length else (position + i + 1, 0)
+        while packer.ready:
+          yield packer.ready.pop(0), resume
+    packer.flush()
+    while packer.ready:
+      yield packer.ready.pop(0), resume
+
   # ---- State.
 
   def local_state(self) -> dict:
-    return {"position": int(self.position), "offset": int(self.offset)}
+    state = {"position": int(self.position), "offset": int(self.offset)}
+    if self._packer is not None:
+      state["packer"] = self._packer.state()
+    return state
 
   def get_state(self) -> dict:
     """The whole job's iterator state: every host's resume point (a collective on multi-host)."""
@@ -114,9 +149,13 @@ class StreamBatches:
                         "config.data.on_host_change=restart to start every shard afresh (documents may repeat)")
       logging.warning("%s; data.on_host_change=restart: every host starts its shard from the beginning", message)
       self.position, self.offset = 0, 0
+      if self._packer is not None:
+        self._packer.set_state({})
       return
     mine = state["hosts"][self.process_index]
     self.position, self.offset = int(mine["position"]), int(mine["offset"])
+    if self._packer is not None:
+      self._packer.set_state(mine.get("packer", {}))
 
 
 def _allgather_json(value: dict) -> list[dict]:
