@@ -266,7 +266,7 @@ def parse_value(key: str, text: str, current: Any) -> Any:
         value = ast.literal_eval(stripped)
       except (ValueError, SyntaxError):
         raise ConfigError(f"config key '{key}' is a sequence; could not parse '{text}'") from None
-      return tuple(value)
+      return _tuples(value)
     return tuple(part for part in stripped.split(",") if part) if stripped else ()
   try:
     return ast.literal_eval(text)
@@ -291,11 +291,16 @@ def set_key(config: ConfigDict, key: str, value: Any, *, from_string: bool) -> N
   if from_string:
     value = parse_value(key, value, current)
   elif isinstance(current, tuple) and isinstance(value, list):
-    value = tuple(value)
+    value = _tuples(value)
   try:
     node[leaf] = value
   except TypeError as e:
     raise ConfigError(f"config key '{key}' expects {type(current).__name__}, got {value!r}") from e
+
+
+def _tuples(value):
+  """Lists (from JSON) → tuples, nested too, as the config's tuple fields hold them."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
@@ -358,9 +363,22 @@ def resolve_steps(config: ConfigDict) -> int:
 
 
 def config_from_dict(values: dict) -> ConfigDict:
-  """Rebuilds a locked config from its JSON form (workdir/config.json)."""
+  """Rebuilds a locked config from its JSON form (workdir/config.json).
+
+  A section of an objective that is not registered in this process (one a
+  script or test registered where the config was written) is left out with
+  a warning, unless it is the selected objective's, which is an error.
+  """
+  import logging
   base = default_config()
   base.lock()
+  values = dict(values)
+  for key in [k for k, v in values.items() if isinstance(v, dict) and k not in base]:
+    if key == values.get("objective", base.objective):
+      raise ConfigError(f"config.objective='{key}' is not a registered objective here; import the module that "
+                        "registers it before loading this config")
+    logging.warning("config section '%s' belongs to an objective not registered here; left out", key)
+    del values[key]
   _update(base, values, "")
   return base
 

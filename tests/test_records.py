@@ -161,3 +161,36 @@ def test_read_records_counts_rejects_with_reasons(tmp_path):
 def test_unknown_kind_is_named():
   with pytest.raises(ConfigError, match=r"config.data.kind='prefs' is unknown; record kinds: \["):
     records.get_kind("prefs")
+
+
+def test_grain_streams_instruction_records_with_masks_and_resumes(make_config, tmp_path):
+  from polyglot_jax.data.backends import make_data
+  path = tmp_path / "inst.jsonl"
+  rng = np.random.default_rng(0)
+  with open(path, "w") as f:
+    for i in range(60):
+      lang = ["eng", "deu"][i % 2]
+      f.write(json.dumps({"instruction": f"Say {i}", "output": " ".join(["word"] * int(rng.integers(1, 9))),
+                          "lang": lang}) + "\n")
+  config = make_config(data__backend="grain", data__kind="instruction", data__template="plain",
+                       data__train_files=(str(path),), data__eval_files=(), data__seq_len=32)
+  full = make_data(config, str(tmp_path / "w"))
+  batches = [next(full.train) for _ in range(6)]
+  for b in batches:
+    real = b["segment_ids"] > 0
+    assert (b["loss_weights"][real] == 0).any() and (b["loss_weights"][real] == 1).any()
+    assert not b["loss_weights"][~real].any()
+  # Every learned target is "word" pieces or eos: the prompts ("Say i") are never learned.
+  learned = np.concatenate([b["targets"][b["loss_weights"] > 0] for b in batches])
+  processor = spm.SentencePieceProcessor(model_file=config.data.tokenizer)
+  allowed = set(processor.encode("word word")) | {processor.eos_id()}
+  assert set(learned.tolist()) <= allowed
+  first = make_data(config, str(tmp_path / "w"))
+  for _ in range(3):
+    next(first.train)
+  again = make_data(config, str(tmp_path / "w"))
+  again.train.set_state(json.loads(json.dumps(first.train.get_state())))
+  for expected in batches[3:]:
+    got = next(again.train)
+    for k in expected:
+      np.testing.assert_array_equal(got[k], expected[k])

@@ -4,8 +4,8 @@ All backends give the trainer the same things (``dataset.Data``): the
 languages (their order is the lang id), a resumable iterator of this host's
 batches with the fields of the record kind (``config.data.kind``), fixed
 held-out batches, and the mixture rates with the language sizes they came
-from. ``packed`` serves every record kind; ``grain`` and ``seqio`` serve
-``text``.
+from. ``packed`` serves every record kind; ``grain`` the packable ones
+(text, instruction, chat); ``seqio`` text.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import jax
 from ml_collections import ConfigDict
 
 from polyglot_jax.data import in_memory
+from polyglot_jax.data import records as records_lib
 from polyglot_jax.data.dataset import Data, language_rates  # noqa: F401  (re-exported)
 from polyglot_jax.data.mixed_batches import PackedBatches, eval_batches
 from polyglot_jax.errors import DataError
@@ -24,9 +25,11 @@ def make_data(config: ConfigDict, workdir: str) -> Data:
   if config.objective == "stack":
     return _stacked(config, workdir)
   backend, kind = config.data.backend, config.data.kind
-  if backend != "packed" and kind != "text":
-    raise DataError(f"config.data.kind='{kind}' is served by the packed backend; the {backend} backend streams "
-                    "text records only so far: set config.data.backend=packed")
+  streams = backend == "grain" and records_lib.get_kind(kind).packable
+  if backend != "packed" and kind != "text" and not streams:
+    raise DataError(f"config.data.kind='{kind}' is served by the packed backend"
+                    f"{' and grain' if records_lib.get_kind(kind).packable else ''}; the {backend} backend "
+                    "streams text records: set config.data.backend=packed")
   if backend == "packed":
     return _packed(config, workdir)
   if backend == "grain":

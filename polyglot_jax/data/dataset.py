@@ -15,6 +15,7 @@ from ml_collections import ConfigDict
 
 from polyglot_jax import configs as config_lib
 from polyglot_jax.data import in_memory, mixing
+from polyglot_jax.data import records as records_lib
 from polyglot_jax.data import languages as langs
 from polyglot_jax.data.mixed_batches import eval_batches
 from polyglot_jax.errors import DataError
@@ -54,19 +55,21 @@ def language_rates(config: ConfigDict, sizes: dict[str, float], languages) -> di
   return {code: float(rates.get(code, 0.0)) for code in languages}
 
 
-def held_out_batches(config: ConfigDict, eval_files, language_eval_files, processor, languages):
-  """Held-out text packed one language at a time, in fixed batches (small: read into memory)."""
+def held_out_batches(config: ConfigDict, eval_files, language_eval_files, processor, languages, kind: str = "text"):
+  """Held-out records packed one language at a time, in fixed batches (small: read into memory)."""
   from polyglot_jax.data import doc_index
   d = config.data
   if not eval_files and not language_eval_files:
     return [], Counter()
-  index, rejected = doc_index.index_documents(eval_files, language_eval_files, "config.data.eval_files", languages)
+  index, rejected = doc_index.index_documents(eval_files, language_eval_files, "config.data.eval_files", languages,
+                                              kind=kind)
   records = []
   for code, where in index.items():
-    reader = doc_index.DocReader(where, code)
+    reader = doc_index.DocReader(where, code, kind)
     records.extend((reader[i], code) for i in range(len(reader)))
   ids = {code: i for i, code in enumerate(languages)}
-  rows = in_memory.pack_by_language(records, processor, ids, languages, d.seq_len, d.eval_max_rows)
+  options = records_lib.RowOptions(d.packing, d.template, ids)
+  rows = in_memory.pack_by_language(records, processor, ids, languages, d.seq_len, d.eval_max_rows, kind, options)
   if not rows:
     return [], rejected
   return eval_batches(rows, d.global_batch_size, jax.process_index(), jax.process_count()), rejected

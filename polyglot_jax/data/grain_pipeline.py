@@ -29,22 +29,31 @@ from polyglot_jax.data.dataset import (Data, document_weights, held_out_batches,
 from polyglot_jax.errors import DataError
 
 
-class _Tokenize(grain.transforms.Map):
-  """(text, lang id) → (token ids, lang id); loads SentencePiece lazily so it pickles into workers."""
+class _Encode(grain.transforms.Map):
+  """(content, lang id) → (token ids, lang id[, per-token loss weights]) for a packable record kind.
 
-  def __init__(self, model_file: str):
-    self.model_file = model_file
+  Loads SentencePiece lazily so that it pickles into grain's worker processes.
+  """
+
+  def __init__(self, model_file: str, kind: str = "text", template: str = "alpaca"):
+    self.model_file, self.kind, self.template = model_file, kind, template
     self._processor = None
 
   def map(self, element):
     if self._processor is None:
       import sentencepiece as spm
       self._processor = spm.SentencePieceProcessor(model_file=self.model_file)
-    text, lang_id = element
-    return np.asarray(self._processor.encode(text), np.int32), lang_id
+    content, lang_id = element
+    if self.kind == "text":
+      return np.asarray(self._processor.encode(content), np.int32), lang_id
+    from polyglot_jax.data import records
+    tokens, weights = records.get_kind(self.kind).encode(content, self._processor, self.template)
+    if weights is None:
+      return np.asarray(tokens, np.int32), lang_id
+    return np.asarray(tokens, np.int32), lang_id, np.asarray(weights, np.int32)
 
   def __getstate__(self):
-    return {"model_file": self.model_file, "_processor": None}
+    return {"model_file": self.model_file, "kind": self.kind, "template": self.template, "_processor": None}
 
 
 def language_seed(seed: int, lang_id: int) -> int:
@@ -53,7 +62,7 @@ def language_seed(seed: int, lang_id: int) -> int:
 
 def host_documents(readers: dict[int, object], doc_weights: dict[int, float], seed: int,
                    process_index: int, process_count: int) -> grain.MapDataset:
-  """This host's infinite, indexable stream of (text, lang id).
+  """This host's infinite, indexable stream of (content, lang id): text, or the record kind's content.
 
   Args:
     readers: lang id → random-access documents of that language (DocReader).
@@ -73,11 +82,16 @@ def host_documents(readers: dict[int, object], doc_weights: dict[int, float], se
   return mixed[process_index::process_count]
 
 
-def stream_opener(documents: grain.MapDataset, model_file: str, read_threads: int, workers: int):
-  """position → iterator of (token ids, lang id) from that document of the host's stream."""
+def stream_opener(documents: grain.MapDataset, encode, read_threads: int, workers: int):
+  """position → iterator of (token ids, lang id[, weights]) from that document of the host's stream.
+
+  ``encode`` is an ``_Encode`` (or a SentencePiece model path, for text records).
+  """
+  if isinstance(encode, str):
+    encode = _Encode(encode)
 
   def open_stream(position: int) -> Iterator[tuple[np.ndarray, int]]:
-    ds = documents[position:].map(_Tokenize(model_file))
+    ds = documents[position:].map(encode)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(read_threads, 1), prefetch_buffer_size=256))
     if workers > 0:
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
@@ -93,16 +107,19 @@ def make_data(config: ConfigDict, workdir: str) -> Data:
   train_files, eval_files, tokenizer = in_memory.resolve_files(config, workdir)
   processor = in_memory.load_processor(config, tokenizer)
   wanted = tuple(langs.resolve(code) for code in d.languages)
-  index, rejected = doc_index.index_documents(train_files, d.language_files, "config.data.train_files", wanted)
+  index, rejected = doc_index.index_documents(train_files, d.language_files, "config.data.train_files", wanted,
+                                              kind=d.kind)
   if not index:
     raise DataError("no training documents: set config.data.train_files or config.data.language_files")
   languages = wanted or tuple(sorted(index))
   empty = [code for code in languages if code not in index]
   if empty and d.mixture.method != "weights":
     raise DataError(f"config.data.languages names {empty} but the training files have no text in them")
-  readers = {code: doc_index.DocReader(index[code], code) for code in languages if code in index}
+  readers = {code: doc_index.DocReader(index[code], code, d.kind) for code in languages if code in index}
   sample = {code: [r[i] for i in range(min(len(r), d.size_sample_docs))] for code, r in readers.items()}
-  estimate = doc_index.estimate_tokens(sample, {code: len(r) for code, r in readers.items()}, processor)
+  encode = _Encode(tokenizer, d.kind, d.template)
+  estimate = doc_index.estimate_tokens(sample, {code: len(r) for code, r in readers.items()}, processor,
+                                       encode=lambda content: encode.map((content, 0))[0])
   sizes = {code: estimate[code]["tokens"] for code in readers}
   rates = language_rates(config, sizes, languages)
   weights = document_weights(rates, {code: estimate[code]["tokens_per_doc"] for code in readers})
@@ -110,15 +127,18 @@ def make_data(config: ConfigDict, workdir: str) -> Data:
   documents = host_documents({ids[c]: r for c, r in readers.items()},
                                             {ids[c]: w for c, w in weights.items()}, d.shuffle_seed,
                                             jax.process_index(), jax.process_count())
-  opener = stream_opener(documents, tokenizer, d.grain_read_threads, d.grain_workers)
+  opener = stream_opener(documents, encode, d.grain_read_threads, d.grain_workers)
   fingerprint = {"backend": "grain", "languages": list(languages), "seq_len": d.seq_len,
                  "global_batch_size": d.global_batch_size, "shuffle_seed": d.shuffle_seed,
                  "documents": {c: len(r) for c, r in readers.items()},
                  "weights": {c: round(w, 12) for c, w in weights.items()}}
+  if d.kind != "text":  # Absent for text, so that checkpoints of earlier versions still resume.
+    fingerprint["kind"] = d.kind
   train = stream.StreamBatches(opener, d.seq_len, local_batch_size(config), processor.bos_id(), processor.eos_id(),
                                max(processor.pad_id(), 0), fingerprint, d.on_host_change, packing=d.packing,
                                open_rows=d.open_rows)
-  held_out, eval_rejected = held_out_batches(config, eval_files, d.language_eval_files, processor, languages)
+  held_out, eval_rejected = held_out_batches(config, eval_files, d.language_eval_files, processor, languages,
+                                             kind=d.kind)
   rejected.update(eval_rejected)
   logging.info("grain data: %d languages, %d documents; document weights %s", len(languages),
                sum(len(r) for r in readers.values()), {c: f"{w:.3g}" for c, w in weights.items()})

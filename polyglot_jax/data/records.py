@@ -29,12 +29,12 @@ import dataclasses
 import json
 import logging
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from polyglot_jax.data import languages as langs
-from polyglot_jax.data.rows import BestFitRows, empty_row, pack_documents, write_piece
+from polyglot_jax.data.rows import empty_row, pack_documents, write_piece
 from polyglot_jax.errors import ConfigError, DataError
 from polyglot_jax.objectives.base import TEXT_FIELDS, FieldSpec
 
@@ -102,12 +102,25 @@ class RecordKind:
     """Kind-specific content of a record, or ``Rejected(reason)``."""
     raise NotImplementedError
 
+  # True when a record is one document of tokens (+ per-token loss weights) that packs like text:
+  # such kinds also stream (grain, seqio) through ``encode``.
+  packable: ClassVar[bool] = False
+
   def language(self, record: dict) -> Any:
     return record.get("lang")
 
+  def encode(self, content, processor, template: str) -> tuple[list[int], list[int] | None]:
+    """A packable record's (token ids, per-token loss weights or None for all 1)."""
+    raise NotImplementedError(f"record kind '{self.name}' is not packable")
+
   def rows(self, contents: list, processor, lang_id: int, seq_len: int, options) -> dict[str, np.ndarray]:
-    """Rows of one language's contents (options: config.data)."""
-    raise NotImplementedError
+    """Rows of one language's contents; packable kinds pack their encoded documents."""
+    docs = []
+    for content in contents:
+      tokens, weights = self.encode(content, processor, options.template)
+      docs.append((tokens, lang_id) if weights is None else (tokens, lang_id, weights))
+    return pack_documents(docs, seq_len, processor.bos_id(), processor.eos_id(), max(processor.pad_id(), 0),
+                          options.packing)
 
 
 def _text(record: dict, key: str):
@@ -123,8 +136,13 @@ class TextKind(RecordKind):
     text = _text(record, "text")
     return text if text is not None else Rejected("empty or non-string text")
 
+  packable = True
+
+  def encode(self, content, processor, template):
+    return processor.encode(content), None
+
   def rows(self, contents, processor, lang_id, seq_len, options):
-    ids = processor.encode(list(contents)) if contents else []
+    ids = processor.encode(list(contents)) if contents else []  # One batched call: fast on large corpora.
     return pack_documents(((t, lang_id) for t in ids), seq_len, processor.bos_id(), processor.eos_id(),
                           max(processor.pad_id(), 0), options.packing)
 
@@ -149,15 +167,12 @@ class InstructionKind(RecordKind):
     prompt = (with_input if extra else without).format(instruction=instruction, input=extra)
     return prompt, output
 
-  def rows(self, contents, processor, lang_id, seq_len, options):
-    if options.template not in TEMPLATES:
-      raise ConfigError(f"config.data.template='{options.template}'; templates: {sorted(TEMPLATES)}")
-    docs = []
-    for content in contents:
-      tokens, weights = _prompt_response(processor, *self.render(content, options.template))
-      docs.append((tokens, lang_id, weights))
-    return pack_documents(docs, seq_len, processor.bos_id(), processor.eos_id(), max(processor.pad_id(), 0),
-                          options.packing)
+  packable = True
+
+  def encode(self, content, processor, template):
+    if template not in TEMPLATES:
+      raise ConfigError(f"config.data.template='{template}'; templates: {sorted(TEMPLATES)}")
+    return _prompt_response(processor, *self.render(content, template))
 
 
 class ChatKind(RecordKind):
@@ -175,18 +190,17 @@ class ChatKind(RecordKind):
       return Rejected("no assistant message (nothing to learn from)")
     return out
 
-  def rows(self, contents, processor, lang_id, seq_len, options):
-    docs = []
-    for messages in contents:
-      tokens, weights = [], []
-      for role, content in messages:
-        head = processor.encode(f"<{role}>\n")
-        body = processor.encode(content + "\n")
-        tokens += head + body
-        weights += [0] * len(head) + [1 if role == "assistant" else 0] * len(body)
-      docs.append((tokens, lang_id, weights))
-    return pack_documents(docs, seq_len, processor.bos_id(), processor.eos_id(), max(processor.pad_id(), 0),
-                          options.packing)
+  packable = True
+
+  def encode(self, content, processor, template):
+    del template  # Turns are marked by role lines.
+    tokens, weights = [], []
+    for role, text in content:
+      head = processor.encode(f"<{role}>\n")
+      body = processor.encode(text + "\n")
+      tokens += head + body
+      weights += [0] * len(head) + [1 if role == "assistant" else 0] * len(body)
+    return tokens, weights
 
 
 PREFERENCE_SIDES = ("chosen", "rejected")
@@ -328,7 +342,47 @@ def _other_kind(record: dict, kind: RecordKind) -> RecordKind | None:
   return None
 
 
-def read_records(paths: Sequence[str], kind_name: str, languages_given: Sequence[str] = ()):
+def parse_raw(raw: bytes, kind_name: str, default_lang: str | None = None, where: str = ""):
+  """(content, canonical language code) of one raw JSONL/ArrayRecord record, or the reason it is rejected.
+
+  Args:
+    raw: the record's bytes.
+    kind_name: the record kind every record must be.
+    default_lang: the language of a per-language file (records may omit theirs, not contradict it).
+    where: "file:line", named when the record is of another kind.
+
+  Raises:
+    DataError: the record is of another registered kind.
+  """
+  kind = get_kind(kind_name)
+  try:
+    record = json.loads(raw.decode("utf-8"))
+  except UnicodeDecodeError:
+    return "invalid UTF-8"
+  except json.JSONDecodeError:
+    return "malformed JSON"
+  if not isinstance(record, dict):
+    return "not a JSON object"
+  other = _other_kind(record, kind)
+  if other is not None:
+    raise DataError(f"{where}: a '{other.name}' record where config.data.kind='{kind.name}' expects "
+                    f"fields {list(kind.keys)}; set config.data.kind={other.name} or use other files")
+  if default_lang and "lang" not in record and kind.name in ("text", "instruction", "chat", "preference"):
+    record = dict(record, lang=default_lang)
+  content = kind.parse(record)
+  if isinstance(content, Rejected):
+    return str(content)
+  lang = kind.language(record)
+  try:
+    lang = langs.resolve(lang)
+  except (langs.UnknownLanguageError, TypeError, AttributeError):
+    return f"unknown language {lang!r}"
+  if default_lang and lang != default_lang:
+    return f"lang '{lang}' in a file of language '{default_lang}'"
+  return content, lang
+
+
+def read_records(paths: Sequence[str], kind_name: str):
   """Reads and validates records of one kind.
 
   Returns:
@@ -339,37 +393,13 @@ def read_records(paths: Sequence[str], kind_name: str, languages_given: Sequence
       the fields this kind expects), or cannot be read.
   """
   from polyglot_jax.data.jsonl import iter_lines, log_rejected
-  kind = get_kind(kind_name)
   out, rejected, first_bad = [], Counter(), {}
   for path, lineno, raw in iter_lines(paths):
-    try:
-      record = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-      reason = "invalid UTF-8"
-    except json.JSONDecodeError:
-      reason = "malformed JSON"
-    else:
-      reason = None
-      if not isinstance(record, dict):
-        reason = "not a JSON object"
-      else:
-        other = _other_kind(record, kind)
-        if other is not None:
-          raise DataError(f"{path}:{lineno}: a '{other.name}' record where config.data.kind='{kind.name}' expects "
-                          f"fields {list(kind.keys)}; set config.data.kind={other.name} or use other files")
-        content = kind.parse(record)
-        if isinstance(content, Rejected):
-          reason = str(content)
-        else:
-          lang = kind.language(record)
-          try:
-            lang = langs.resolve(lang)
-          except (langs.UnknownLanguageError, TypeError, AttributeError):
-            reason = f"unknown language {lang!r}"
-    if reason is not None:
-      rejected[reason] += 1
-      first_bad.setdefault(reason, f"{path}:{lineno}")
+    parsed = parse_raw(raw, kind_name, None, f"{path}:{lineno}")
+    if isinstance(parsed, str):
+      rejected[parsed] += 1
+      first_bad.setdefault(parsed, f"{path}:{lineno}")
       continue
-    out.append((content, lang))
+    out.append(parsed)
   log_rejected(rejected, first_bad)
   return out, rejected
