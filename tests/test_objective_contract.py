@@ -231,3 +231,12 @@ def test_logged_learning_rate_follows_applied_updates_after_a_skip(make_config, 
   for step, count in expected.items():
     assert rows[step]["learning_rate"] == pytest.approx(float(schedule(count))), step
   assert rows[3]["skipped_steps"] == 1
+
+
+def test_objective_sections_are_gin_configurables(tmp_path):
+  from polyglot_jax import gin_config
+  gin_file = tmp_path / "probe.gin"
+  gin_file.write_text("experiment.objective = 'probe'\nprobe.aux_weight = 0.25\nstack.members = (('lm', 1.0), ('probe', 0.5))\n")
+  config = gin_config.config_from_gin([str(gin_file)], ["probe.ramp_steps = 7"])
+  assert config.objective == "probe" and config.probe.aux_weight == 0.25 and config.probe.ramp_steps == 7
+  assert config.stack.members == (("lm", 1.0), ("probe", 0.5))

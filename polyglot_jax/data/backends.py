@@ -4,8 +4,7 @@ All backends give the trainer the same things (``dataset.Data``): the
 languages (their order is the lang id), a resumable iterator of this host's
 batches with the fields of the record kind (``config.data.kind``), fixed
 held-out batches, and the mixture rates with the language sizes they came
-from. ``packed`` serves every record kind; ``grain`` the packable ones
-(text, instruction, chat); ``seqio`` text.
+from. ``packed`` and ``grain`` serve every record kind; ``seqio`` text.
 """
 
 from __future__ import annotations
@@ -25,11 +24,10 @@ def make_data(config: ConfigDict, workdir: str) -> Data:
   if config.objective == "stack":
     return _stacked(config, workdir)
   backend, kind = config.data.backend, config.data.kind
-  streams = backend == "grain" and records_lib.get_kind(kind).packable
-  if backend != "packed" and kind != "text" and not streams:
-    raise DataError(f"config.data.kind='{kind}' is served by the packed backend"
-                    f"{' and grain' if records_lib.get_kind(kind).packable else ''}; the {backend} backend "
-                    "streams text records: set config.data.backend=packed")
+  records_lib.get_kind(kind)  # An unknown kind is named before anything is read.
+  if backend == "seqio" and kind != "text":
+    raise DataError(f"config.data.kind='{kind}': the seqio backend streams text records; use "
+                    "config.data.backend=grain or packed for other kinds")
   if backend == "packed":
     return _packed(config, workdir)
   if backend == "grain":

@@ -24,6 +24,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from polyglot_jax.data import languages as langs
+from polyglot_jax.data import records
 from polyglot_jax.data.dataset import (Data, document_weights, held_out_batches, language_rates,
                                        local_batch_size)
 from polyglot_jax.errors import DataError
@@ -44,9 +45,11 @@ class _Encode(grain.transforms.Map):
       import sentencepiece as spm
       self._processor = spm.SentencePieceProcessor(model_file=self.model_file)
     content, lang_id = element
+    from polyglot_jax.data import records
+    if not records.get_kind(self.kind).packable:  # Rows are made per record after reading (RecordRowBatches).
+      return content, lang_id
     if self.kind == "text":
       return np.asarray(self._processor.encode(content), np.int32), lang_id
-    from polyglot_jax.data import records
     tokens, weights = records.get_kind(self.kind).encode(content, self._processor, self.template)
     if weights is None:
       return np.asarray(tokens, np.int32), lang_id
@@ -118,12 +121,21 @@ def make_data(config: ConfigDict, workdir: str) -> Data:
   readers = {code: doc_index.DocReader(index[code], code, d.kind) for code in languages if code in index}
   sample = {code: [r[i] for i in range(min(len(r), d.size_sample_docs))] for code, r in readers.items()}
   encode = _Encode(tokenizer, d.kind, d.template)
+  kind = records.get_kind(d.kind)
+  ids = {code: i for i, code in enumerate(languages)}
+  options = records.RowOptions(d.packing, d.template, ids)
+
+  def tokens_of(content):
+    if kind.packable:
+      return encode.map((content, 0))[0]
+    made = kind.rows([content], processor, 0, d.seq_len, options)
+    return np.flatnonzero(sum(v for k, v in made.items() if k.endswith("segment_ids")).reshape(-1))
+
   estimate = doc_index.estimate_tokens(sample, {code: len(r) for code, r in readers.items()}, processor,
-                                       encode=lambda content: encode.map((content, 0))[0])
+                                       encode=tokens_of)
   sizes = {code: estimate[code]["tokens"] for code in readers}
   rates = language_rates(config, sizes, languages)
   weights = document_weights(rates, {code: estimate[code]["tokens_per_doc"] for code in readers})
-  ids = {code: i for i, code in enumerate(languages)}
   documents = host_documents({ids[c]: r for c, r in readers.items()},
                                             {ids[c]: w for c, w in weights.items()}, d.shuffle_seed,
                                             jax.process_index(), jax.process_count())
@@ -134,9 +146,14 @@ def make_data(config: ConfigDict, workdir: str) -> Data:
                  "weights": {c: round(w, 12) for c, w in weights.items()}}
   if d.kind != "text":  # Absent for text, so that checkpoints of earlier versions still resume.
     fingerprint["kind"] = d.kind
-  train = stream.StreamBatches(opener, d.seq_len, local_batch_size(config), processor.bos_id(), processor.eos_id(),
-                               max(processor.pad_id(), 0), fingerprint, d.on_host_change, packing=d.packing,
-                               open_rows=d.open_rows)
+  if kind.packable:
+    train = stream.StreamBatches(opener, d.seq_len, local_batch_size(config), processor.bos_id(),
+                                 processor.eos_id(), max(processor.pad_id(), 0), fingerprint, d.on_host_change,
+                                 packing=d.packing, open_rows=d.open_rows)
+  else:
+    train = stream.RecordRowBatches(opener, lambda content, lang: kind.rows([content], processor, lang, d.seq_len,
+                                                                            options),
+                                    local_batch_size(config), fingerprint, d.on_host_change)
   held_out, eval_rejected = held_out_batches(config, eval_files, d.language_eval_files, processor, languages,
                                              kind=d.kind)
   rejected.update(eval_rejected)

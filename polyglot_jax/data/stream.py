@@ -24,7 +24,6 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
-from polyglot_jax.data.packing import FIELDS
 from polyglot_jax.data.rows import WindowedBestFit, document_pieces, greedy_rows
 from polyglot_jax.errors import DataError
 
@@ -84,7 +83,7 @@ class StreamBatches:
                         "became empty — check the data files") from None
       rows.append(row)
     self.step += 1
-    return {k: np.stack([r[k] for r in rows]) for k in FIELDS}
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
   def _packed_rows(self, position: int, offset: int):
     """Rows with the resume point after each: (row, (position, offset))."""
@@ -167,3 +166,25 @@ def _allgather_json(value: dict) -> list[dict]:
   padded[:len(data)] = data
   gathered = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
   return [json.loads(bytes(row[:n]).decode()) for row, n in zip(gathered, sizes)]
+
+
+class RecordRowBatches(StreamBatches):
+  """Batches of kinds whose records are not packed as documents (preference pairs, dictionary groups).
+
+  Each record becomes its own row(s) through the kind's row maker
+  (``rows_of(content, lang id) → dict of [n, ...] arrays``); the resume point
+  is (record position, row within the record).
+  """
+
+  def __init__(self, open_stream: DocStream, rows_of, local_batch_size: int, fingerprint: dict,
+               on_host_change: str = "error", process_index: int | None = None, process_count: int | None = None):
+    super().__init__(open_stream, 0, local_batch_size, 0, 0, 0, fingerprint, on_host_change, process_index,
+                     process_count)
+    self.rows_of = rows_of
+
+  def _packed_rows(self, position: int, offset: int):
+    for i, (content, lang) in enumerate(self.open_stream(position)):
+      made = self.rows_of(content, lang)
+      n = len(next(iter(made.values())))
+      for r in range(offset if i == 0 else 0, n):
+        yield {k: v[r] for k, v in made.items()}, ((position + i, r + 1) if r + 1 < n else (position + i + 1, 0))
