@@ -13,8 +13,9 @@ from polyglot_jax.interop.hf_config import SHORT_NAMES
 
 
 def _train_hint(out: str, model: dict) -> str:
-  flags = " ".join(f"--config.model.{k}={v}" for k, v in model.items())
-  return f"train from it: polyglot-jax train --config CONFIG --workdir RUN --config.init_from={out} {flags}"
+  shape = ", ".join(f"{k}={v}" for k, v in model.items())
+  return (f"train from it: polyglot-jax train --config CONFIG --workdir RUN --config.init_from={out} "
+          f"(the model's shape comes from there: {shape})")
 
 
 def main(argv: list[str]) -> int:
