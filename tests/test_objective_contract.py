@@ -66,6 +66,10 @@ class Probe(LanguageModelling):
   def init_extra(self, params):
     return {"embedding0": params["embedding"]}
 
+  def evaluate(self, model, extra, step):
+    drift = float(jnp.sum(jnp.square(model.embedding[...] - extra["embedding0"])))
+    return {"embedding_drift": drift, "eval_step": float(step)}
+
   def loss_sums(self, model, batch, ctx):
     logits, aux = model(batch["inputs"], batch["segment_ids"], batch["positions"], return_aux=self.aux_outputs)
     loss_sum, weight, out = lm_sums(logits, batch, self.num_languages, 0.0)
@@ -156,6 +160,12 @@ def test_probe_trains_checkpoints_and_resumes_bit_for_bit(make_config, tmp_path)
     for key in ("loss", "docs_per_row", "hidden_max", "drift", "grad_norm"):
       assert rows[step][key] == again[step][key], (step, key)
   assert all(1.0 <= rows[s]["docs_per_row"] for s in rows)
+  # The eval hook ran at the end, on the final parameters, beside the held-out metrics.
+  final = json.load(open(tmp_path / "full" / "eval_results.json"))["metrics"]
+  emb = np.asarray(a[0]["embedding"], np.float64) - np.asarray(a[1]["embedding0"], np.float64)
+  assert final["eval_step"] == 6.0
+  np.testing.assert_allclose(final["embedding_drift"], (emb ** 2).sum(), rtol=1e-4)
+  assert "loss/eng" in final and "ppl/eng" in final
   assert rows[1]["drift"] == 0.0 and rows[6]["drift"] > 0.0
   assert 0.0 <= rows[6]["padding_fraction"] < 1.0
   assert rows[6]["real_tokens_per_sec"] <= rows[6]["tokens_per_sec"]
