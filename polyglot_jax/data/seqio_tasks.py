@@ -222,7 +222,10 @@ def _documents(task_or_mixture, split: str, shuffle: bool, seed: int, shard: tup
 
 
 def make_data(config: ConfigDict, workdir: str) -> dataset.Data:
-  import seqio
+  from polyglot_jax import quiet
+  with quiet.tensorflow_logs():  # TensorFlow's start-up lines read like failures; load it quietly once.
+    _tf()
+    import seqio
   from polyglot_jax.data import stream
   d = config.data
   train_files, eval_files, tokenizer = in_memory.resolve_files(config, workdir)
