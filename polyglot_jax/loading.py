@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import logging
+import math
 import os
 from typing import Any, Iterable
 
@@ -115,7 +116,6 @@ def apply_init_from(config: ConfigDict, explicit: Iterable[str] = ()) -> ConfigD
   """
   if not config.init_from:
     return config
-  import math
   theirs = model_settings(config.init_from)
   explicit = set(explicit)
   with config.unlocked():
@@ -148,7 +148,6 @@ def read_params(path: str, config: ConfigDict, step: int | None = None) -> dict:
   """
   hf_lib, hf_config, workdir = _interop()
   from polyglot_jax.models.layers import dtype_of
-  where = f"config.init_from='{path}'"
   kind = kind_of(path)
   if kind == "hf":
     hf_json = os.path.join(path, "config.json")
@@ -166,7 +165,6 @@ def read_params(path: str, config: ConfigDict, step: int | None = None) -> dict:
     if source:
       workdir.check_window(hf, os.path.join(source, "config.json"), config.data.seq_len)
     params, _ = workdir.read_params(path, step)
-  del where
   return params if config.model.scan_layers else workdir.unstack(params)
 
 

@@ -56,18 +56,18 @@ class _Spy:
 
   def __init__(self, monkeypatch):
     self.files, self.records = [], 0
-    read, parse = doc_index.iter_file_records, doc_index.parse_record
+    read, parse = doc_index.iter_file_records, doc_index.parse_any
 
     def iter_file_records(path):
       self.files.append(os.path.basename(path))
       return read(path)
 
-    def parse_record(raw, default_lang=None):
+    def parse_any(raw, default_lang, kind, path, number):
       self.records += 1
-      return parse(raw, default_lang)
+      return parse(raw, default_lang, kind, path, number)
 
     monkeypatch.setattr(doc_index, "iter_file_records", iter_file_records)
-    monkeypatch.setattr(doc_index, "parse_record", parse_record)
+    monkeypatch.setattr(doc_index, "parse_any", parse_any)
 
   def reset(self):
     self.files, self.records = [], 0

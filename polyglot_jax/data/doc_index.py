@@ -38,7 +38,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from polyglot_jax.data import languages as langs
-from polyglot_jax.data.jsonl import DataError, expand_files, log_rejected, parse_record
+from polyglot_jax.data.jsonl import DataError, expand_files, log_rejected
 
 ARRAY_RECORD_SUFFIXES = (".arrayrecord", ".array_record")
 
@@ -104,12 +104,9 @@ def iter_file_records(path: str) -> Iterator[tuple[int, int, bytes]]:
 def parse_any(raw: bytes, default_lang: str | None, kind: str, path: str, number: int):
   """(content, language) of one raw record of ``kind``, or the reason it is rejected (a str).
 
-  ``text`` records keep the reasons of ``jsonl.parse_record``; other kinds are
-  checked by their ``records`` parser. A record of another kind is a DataError
-  naming ``path:number``.
+  Records are checked by their kind's parser (``records.parse_raw``); a record
+  of another kind is a DataError naming ``path:number``.
   """
-  if kind == "text":
-    return parse_record(raw, default_lang)
   from polyglot_jax.data import records
   return records.parse_raw(raw, kind, default_lang, f"{path}:{number}")
 

@@ -7,15 +7,11 @@ reported with its file:line (``log_rejected``); nothing is dropped silently.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 from collections import Counter
 from typing import Iterator, Sequence
 
-from polyglot_jax.data import languages as langs
 from polyglot_jax.errors import DataError  # noqa: F401  (re-exported)
-
-
 
 
 def expand_files(patterns: Sequence[str], what: str) -> list[str]:
@@ -41,53 +37,16 @@ def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
           yield path, lineno, raw
 
 
-def parse_record(raw: bytes, default_lang: str | None = None) -> tuple[str, str] | str:
-  """One {"text", "lang"} record from raw bytes.
-
-  Returns:
-    (text, canonical language code), or the reason the record is rejected.
-    ``default_lang`` is the language of a per-language file; a record there
-    may omit "lang" but must not name another language.
-  """
-  try:
-    record = json.loads(raw.decode("utf-8"))
-    text = record["text"]
-    lang = record.get("lang", default_lang) if default_lang else record["lang"]
-  except UnicodeDecodeError:
-    return "invalid UTF-8"
-  except json.JSONDecodeError:
-    return "malformed JSON"
-  except (KeyError, TypeError, AttributeError):
-    return "missing 'text' or 'lang' field"
-  if not isinstance(text, str) or not text:
-    return "empty or non-string text"
-  try:
-    lang = langs.resolve(lang)
-  except (langs.UnknownLanguageError, TypeError, AttributeError):
-    return f"unknown language {lang!r}"
-  if default_lang and lang != default_lang:
-    return f"lang '{lang}' in a file of language '{default_lang}'"
-  return text, lang
-
-
 def read_jsonl(paths: Sequence[str]) -> tuple[list[tuple[str, str]], Counter]:
   """Reads {"text", "lang"} records; malformed lines are counted, not dropped silently.
+
+  The ``text`` record kind of ``data/records.py`` (one parser for every reader).
 
   Returns:
     (list of (text, canonical language code), Counter of rejection reasons).
   """
-  records: list[tuple[str, str]] = []
-  rejected: Counter = Counter()
-  first_bad: dict[str, str] = {}
-  for path, lineno, raw in iter_lines(paths):
-    parsed = parse_record(raw)
-    if isinstance(parsed, str):
-      rejected[parsed] += 1
-      first_bad.setdefault(parsed, f"{path}:{lineno}")
-      continue
-    records.append(parsed)
-  log_rejected(rejected, first_bad)
-  return records, rejected
+  from polyglot_jax.data import records
+  return records.read_records(paths, "text")
 
 
 def log_rejected(rejected: Counter, first_bad: dict[str, str]) -> None:
