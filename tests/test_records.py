@@ -163,6 +163,20 @@ def test_unknown_kind_is_named():
     records.get_kind("prefs")
 
 
+def assert_resumes(config, workdir, batches, k):
+  """A data iterator stopped after k batches and restored (through JSON) gives batches[k:]."""
+  from polyglot_jax.data.backends import make_data
+  first = make_data(config, workdir)
+  for _ in range(k):
+    next(first.train)
+  again = make_data(config, workdir)
+  again.train.set_state(json.loads(json.dumps(first.train.get_state())))
+  for expected in batches[k:]:
+    got = next(again.train)
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key])
+
+
 def test_grain_streams_instruction_records_with_masks_and_resumes(make_config, tmp_path):
   from polyglot_jax.data.backends import make_data
   path = tmp_path / "inst.jsonl"
@@ -185,15 +199,7 @@ def test_grain_streams_instruction_records_with_masks_and_resumes(make_config, t
   processor = spm.SentencePieceProcessor(model_file=config.data.tokenizer)
   allowed = set(processor.encode("word word")) | {processor.eos_id()}
   assert set(learned.tolist()) <= allowed
-  first = make_data(config, str(tmp_path / "w"))
-  for _ in range(3):
-    next(first.train)
-  again = make_data(config, str(tmp_path / "w"))
-  again.train.set_state(json.loads(json.dumps(first.train.get_state())))
-  for expected in batches[3:]:
-    got = next(again.train)
-    for k in expected:
-      np.testing.assert_array_equal(got[k], expected[k])
+  assert_resumes(config, str(tmp_path / "w"), batches, 3)
 
 
 def test_grain_serves_preference_pairs_row_by_row_and_resumes(make_config, tmp_path):
@@ -218,12 +224,4 @@ def test_grain_serves_preference_pairs_row_by_row_and_resumes(make_config, tmp_p
     learned = b["chosen_targets"][r][b["chosen_loss_weights"][r] > 0]
     np.testing.assert_array_equal(learned, processor.encode("yes " * (1 + i % 4)) + [processor.eos_id()])
   assert full.held_out and full.held_out[0]["rejected_inputs"].shape[1] == 32
-  first = make_data(config, str(tmp_path / "w"))
-  for _ in range(2):
-    next(first.train)
-  again = make_data(config, str(tmp_path / "w"))
-  again.train.set_state(json.loads(json.dumps(first.train.get_state())))
-  for expected in batches[2:]:
-    got = next(again.train)
-    for k in expected:
-      np.testing.assert_array_equal(got[k], expected[k])
+  assert_resumes(config, str(tmp_path / "w"), batches, 2)
