@@ -69,6 +69,39 @@ class Attention(nnx.Module):
     self.cfg = cfg
 
   def __call__(self, x_BxLxE, cos, sin, segment_ids_BxL):
+    q_BxLxHxD, k_BxLxKxD, v_BxLxKxD = self.qkv(x_BxLxE, cos, sin)
+    out_BxLxHxD = causal_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, self.cfg.attention_block)
+    return self.out(out_BxLxHxD)
+
+  def decode(self, x_BxSxE, cos, sin, k_cache_BxTxKxD, v_cache_BxTxKxD, start, valid_BxT):
+    """Attention of S new tokens at cache slots start..start+S-1 over the cache (KV-cache decoding).
+
+    Args:
+      x_BxSxE: the new tokens' normalised inputs.
+      cos, sin: RoPE tables of their positions.
+      k_cache_BxTxKxD, v_cache_BxTxKxD: keys and values of slots 0..T-1 (rotated keys).
+      start: int32 scalar, the first new slot.
+      valid_BxT: which slots hold real tokens (after this step's are written).
+
+    Returns:
+      (output [B, S, E], updated key cache, updated value cache).
+    """
+    q_BxSxHxD, k_BxSxKxD, v_BxSxKxD = self.qkv(x_BxSxE, cos, sin)
+    k_cache = jax.lax.dynamic_update_slice(k_cache_BxTxKxD, k_BxSxKxD.astype(k_cache_BxTxKxD.dtype), (0, start, 0, 0))
+    v_cache = jax.lax.dynamic_update_slice(v_cache_BxTxKxD, v_BxSxKxD.astype(v_cache_BxTxKxD.dtype), (0, start, 0, 0))
+    b, s, h, hd = q_BxSxHxD.shape
+    t, kvh = k_cache.shape[1], k_cache.shape[2]
+    dt = q_BxSxHxD.dtype
+    q = (q_BxSxHxD * jnp.asarray(hd ** -0.5, dt)).reshape(b, s, kvh, h // kvh, hd)
+    logits = jnp.einsum("bskgd,btkd->bkgst", q, k_cache.astype(dt), preferred_element_type=jnp.float32)
+    causal = (start + jnp.arange(s))[:, None] >= jnp.arange(t)[None, :]
+    mask = causal[None, None, None] & valid_BxT[:, None, None, None, :].astype(bool)
+    probs = jax.nn.softmax(jnp.where(mask, logits, NEG_INF), axis=-1).astype(dt)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs, v_cache.astype(dt)).reshape(b, s, h, hd)
+    return self.out(out), k_cache, v_cache
+
+  def qkv(self, x_BxLxE, cos, sin):
+    """Queries, keys and values with RoPE applied: [B, L, H, D], [B, L, K, D], [B, L, K, D]."""
     cfg = self.cfg
     dt = dtype_of(cfg.dtype)
     q_BxLxHxD = dense(x_BxLxE, self.q_proj[...], dt)
@@ -81,8 +114,11 @@ class Attention(nnx.Module):
     q_BxLxHxD = constrain(q_BxLxHxD, ("batch", "length", "act_heads", None))
     q_BxLxHxD = apply_rope(q_BxLxHxD, cos, sin)
     k_BxLxKxD = apply_rope(k_BxLxKxD, cos, sin)
-    out_BxLxHxD = causal_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, cfg.attention_block)
-    out_BxLxE = dense(out_BxLxHxD, self.o_proj[...], dt, n_in=2)
+    return q_BxLxHxD, k_BxLxKxD, v_BxLxKxD
+
+  def out(self, out_BxLxHxD):
+    """The output projection back to the residual stream."""
+    out_BxLxE = dense(out_BxLxHxD, self.o_proj[...], dtype_of(self.cfg.dtype), n_in=2)
     return constrain(out_BxLxE, ("batch", "length", "act_embed"))
 
 

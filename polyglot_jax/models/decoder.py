@@ -50,6 +50,13 @@ class Block(nnx.Module):
     x_BxLxE = x_BxLxE + self.mlp(self.mlp_norm(x_BxLxE))
     return constrain(x_BxLxE, ("batch", "length", "act_embed"))
 
+  def decode(self, x_BxSxE, cos, sin, k_cache, v_cache, start, valid_BxT):
+    """The block on S new tokens with this layer's KV cache; returns (x, k_cache, v_cache)."""
+    a, k_cache, v_cache = self.attn.decode(self.attn_norm(x_BxSxE), cos, sin, k_cache, v_cache, start, valid_BxT)
+    x_BxSxE = x_BxSxE + a
+    x_BxSxE = x_BxSxE + self.mlp(self.mlp_norm(x_BxSxE))
+    return x_BxSxE, k_cache, v_cache
+
 
 class Decoder(nnx.Module):
   """The language model: ``logits = model(tokens, segment_ids, positions)``."""
@@ -139,6 +146,44 @@ class Decoder(nnx.Module):
       w_ExV = self.lm_head[...].astype(dt)
     out_TxV = jnp.matmul(h_TxE, w_ExV, preferred_element_type=jnp.float32)
     return constrain(out_TxV.reshape(b, length, -1), ("batch", "length", "act_vocab"))
+
+  def init_cache(self, batch: int, length: int):
+    """Zero key and value caches [num_layers, B, T, num_kv_heads, head_dim] in the compute dtype."""
+    cfg = self.cfg
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return jnp.zeros(shape, dtype_of(cfg.dtype)), jnp.zeros(shape, dtype_of(cfg.dtype))
+
+  def decode(self, tokens_BxS, positions_BxS, cache, start, valid_BxT):
+    """Logits of S new tokens written at cache slots start..start+S-1 (prefill: S = prompt length; then 1).
+
+    Args:
+      tokens_BxS: int token ids.
+      positions_BxS: their positions within their sequence (RoPE).
+      cache: (keys, values), each [num_layers, B, T, num_kv_heads, head_dim] (``init_cache``).
+      start: int32 scalar, the first slot written.
+      valid_BxT: 1 on the slots that hold real tokens, these included (left padding is 0).
+
+    Returns:
+      (float32 logits [B, S, V], the updated cache).
+    """
+    cfg = self.cfg
+    cos, sin = rope_tables(positions_BxS, cfg.head_dim, cfg.rope_theta)
+    x = self.embed(tokens_BxS)
+    k_all, v_all = cache
+    if cfg.scan_layers:
+      @nnx.scan(in_axes=(0, nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0, 0),
+                transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def run_layers(block, x, k, v):
+        return block.decode(x, cos, sin, k, v, start, valid_BxT)
+      x, k_all, v_all = run_layers(self.blocks, x, k_all, v_all)
+    else:
+      ks, vs = [], []
+      for i, block in enumerate(self.blocks):
+        x, k, v = block.decode(x, cos, sin, k_all[i], v_all[i], start, valid_BxT)
+        ks.append(k)
+        vs.append(v)
+      k_all, v_all = jnp.stack(ks), jnp.stack(vs)
+    return self.logits(self.final_norm(x)), (k_all, v_all)
 
   def __call__(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None, return_aux: tuple[str, ...] = ()):
     """Float32 logits [B, L, V]; with ``return_aux`` also a dict of auxiliary outputs.

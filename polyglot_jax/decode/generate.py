@@ -1,0 +1,167 @@
+"""Batched generation with a KV cache, and per-token scoring.
+
+``generate`` left-pads the prompts of a batch to a common length, fills the
+KV cache with one prefill pass (``Decoder.decode`` over the whole prompt),
+then runs jit'd one-token decode steps in a ``lax.scan``. Each row keeps its
+own positions (0 at its first real token) and attends only to its own real
+slots, so a prompt gives the same tokens alone or in any batch. Prompt and
+total lengths are rounded up to buckets (multiples of ``LENGTH_BUCKET``), so
+a run compiles once per (batch, bucket) pair, not once per prompt length.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+LENGTH_BUCKET = 32
+
+
+def _bucket(n: int) -> int:
+  return max(LENGTH_BUCKET, -(-n // LENGTH_BUCKET) * LENGTH_BUCKET)
+
+
+def sample_logits(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+  """Next tokens [B] from float32 logits: greedy at temperature 0, else top-k / top-p (nucleus) sampling.
+
+  Args:
+    logits_BxV: float32 logits.
+    key: PRNG key.
+    temperature: 0 for argmax; else logits are divided by it.
+    top_k: keep the k most likely tokens (0: all).
+    top_p: keep the smallest set whose probability reaches top_p (1.0: all).
+
+  Returns:
+    int32 token ids [B].
+  """
+  if temperature == 0.0:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  logits = logits_BxV / temperature
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # The smallest logit still inside the nucleus (the top token always is).
+    inside = cumulative - jax.nn.softmax(sorted_logits, axis=-1) < top_p
+    cutoff = jnp.min(jnp.where(inside, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p"))
+def _generate(graphdef, state, tokens_BxP, lengths_B, key, *, max_new_tokens: int, temperature: float, top_k: int,
+              top_p: float):
+  model = nnx.merge(graphdef, state)
+  b, p = tokens_BxP.shape
+  total = _bucket(p + max_new_tokens)
+  pad = p - lengths_B  # Left padding of each row.
+  slots = jnp.arange(total)
+  valid = (slots[None, :] >= pad[:, None]) & (slots[None, :] < p)
+  positions = jnp.maximum(jnp.arange(p)[None, :] - pad[:, None], 0)
+  cache = model.init_cache(b, total)
+  logits, cache = model.decode(tokens_BxP, positions, cache, jnp.int32(0), valid.astype(jnp.int32))
+  last = logits[:, -1]
+
+  def step(carry, i):
+    last, cache, valid, params = carry
+    token = sample_logits(last, jax.random.fold_in(key, i), temperature, top_k, top_p)
+    slot = p + i
+    valid = valid.at[:, slot].set(True)
+    # The parameters ride in the carry and the module is merged inside the body: an nnx module
+    # (and its own nnx.scan over layers) belongs to the trace level it was made in.
+    step_model = nnx.merge(graphdef, params)
+    logits, cache = step_model.decode(token[:, None], (lengths_B + i)[:, None], cache, slot.astype(jnp.int32),
+                                      valid.astype(jnp.int32))
+    return (logits[:, 0], cache, valid, params), token
+
+  _, tokens = jax.lax.scan(step, (last, cache, valid, state), jnp.arange(max_new_tokens))
+  return tokens.T
+
+
+def generate(model, prompt_ids, max_new_tokens, *, temperature=0.0, top_k=0, top_p=1.0, stop_ids=(), seed=0):
+  """Continues each prompt by up to ``max_new_tokens`` tokens.
+
+  Args:
+    model: a Decoder, e.g. ``polyglot_jax.load(path).model``.
+    prompt_ids: token-id lists of any lengths (at least one token each).
+    max_new_tokens: the most tokens added to each prompt.
+    temperature: 0 (default) for greedy decoding; else the sampling temperature.
+    top_k: sample among the k most likely tokens (0: no limit).
+    top_p: sample from the smallest set of tokens whose probability reaches top_p.
+    stop_ids: a row ends after the first of these it generates (the stop id is kept).
+    seed: the sampling seed; the same seed gives the same tokens.
+
+  Returns:
+    The new tokens of each prompt (prompt excluded), ending at the first stop id.
+  """
+  prompts = [list(map(int, p)) for p in prompt_ids]
+  if not prompts:
+    return []
+  if any(not p for p in prompts):
+    raise ValueError("generate: every prompt needs at least one token (a BOS id will do)")
+  if max_new_tokens <= 0:
+    return [[] for _ in prompts]
+  width = _bucket(max(len(p) for p in prompts))
+  tokens = np.zeros((len(prompts), width), np.int32)
+  for i, p in enumerate(prompts):
+    tokens[i, width - len(p):] = p
+  lengths = np.asarray([len(p) for p in prompts], np.int32)
+  graphdef, state = nnx.split(model)
+  out = np.asarray(_generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed),
+                             max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
+                             top_p=float(top_p)))
+  stops = set(int(s) for s in stop_ids)
+  results = []
+  for row in out.tolist():
+    for j, token in enumerate(row):
+      if token in stops:
+        row = row[:j + 1]
+        break
+    results.append(row)
+  return results
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _token_logps(graphdef, state, tokens_BxL, segment_ids_BxL):
+  model = nnx.merge(graphdef, state)
+  logits = model(tokens_BxL, segment_ids_BxL)
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, tokens_BxL[:, 1:, None], axis=-1)[..., 0]
+
+
+def score(model, token_ids: Sequence[Sequence[int]], prompt_lengths: Sequence[int] | None = None) -> list[np.ndarray]:
+  """Per-token log-probabilities of sequences under the model.
+
+  Args:
+    model: a Decoder, e.g. ``polyglot_jax.load(path).model``.
+    token_ids: token-id lists (each with at least two tokens; the first is only context).
+    prompt_lengths: per sequence, how many leading tokens are the prompt; only the
+      tokens after it are scored. None scores every token but the first.
+
+  Returns:
+    Per sequence, a float32 array of log p(token_t | tokens before t) for the
+    scored tokens, in order (sum it for the sequence log-probability).
+  """
+  seqs = [list(map(int, s)) for s in token_ids]
+  if not seqs:
+    return []
+  starts = [1] * len(seqs) if prompt_lengths is None else [max(int(n), 1) for n in prompt_lengths]
+  if len(starts) != len(seqs):
+    raise ValueError(f"score: {len(seqs)} sequences but {len(starts)} prompt lengths")
+  width = _bucket(max(len(s) for s in seqs))
+  tokens = np.zeros((len(seqs), width), np.int32)
+  segments = np.zeros((len(seqs), width), np.int32)
+  for i, s in enumerate(seqs):
+    tokens[i, :len(s)] = s
+    segments[i, :len(s)] = 1
+  graphdef, state = nnx.split(model)
+  logps = np.asarray(_token_logps(graphdef, state, jnp.asarray(tokens), jnp.asarray(segments)))
+  # logps[:, t - 1] is the log-probability of token t.
+  return [logps[i, start - 1:len(s) - 1].astype(np.float32) for i, (s, start) in enumerate(zip(seqs, starts))]
