@@ -14,7 +14,7 @@ import logging
 import sys
 
 USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean, tokenizer train|report|extend, "
-         "convert, plan")
+         "convert, plan, generate, score")
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -92,7 +92,18 @@ def _plan(argv: list[str]) -> int:
   return commands.main(rest, overrides)
 
 
-COMMANDS = {"train": _train, "data": _data, "tokenizer": _tokenizer, "convert": _convert, "plan": _plan}
+def _generate(argv: list[str]) -> int:
+  from polyglot_jax.decode import commands
+  return commands.generate_main(argv)
+
+
+def _score(argv: list[str]) -> int:
+  from polyglot_jax.decode import commands
+  return commands.score_main(argv)
+
+
+COMMANDS = {"train": _train, "data": _data, "tokenizer": _tokenizer, "convert": _convert, "plan": _plan,
+            "generate": _generate, "score": _score}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,3 +83,39 @@ def test_score_matches_log_softmax_of_the_forward_pass(model):
   completion = decode.score(model, seqs, prompt_lengths=[3, 1])
   np.testing.assert_allclose(completion[0], out[0][2:], atol=1e-6)
   np.testing.assert_allclose(completion[1], out[1], atol=1e-6)
+
+
+def test_generate_and_score_commands_on_a_trained_workdir(make_config, tmp_path, capsys):
+  import json
+  from polyglot_jax import cli
+  from polyglot_jax.train.trainer import train_and_evaluate
+  import polyglot_jax
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(make_config(train__num_steps=2, data__eval_files=()), workdir)
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"prompt": "Hello", "id": 1}\n{"prompt": "Bonjour le monde", "id": 2}\n')
+  out = tmp_path / "out.jsonl"
+  assert cli.main(["generate", "--model", workdir, "--input", str(prompts), "--out", str(out),
+                   "--max_new_tokens", "5"]) == 0
+  rows = [json.loads(line) for line in open(out)]
+  assert [r["id"] for r in rows] == [1, 2]
+  loaded = polyglot_jax.load(workdir)
+  tok = loaded.tokenizer
+  for r, text in zip(rows, ["Hello", "Bonjour le monde"]):
+    expected = decode.generate(loaded.model, [[tok.bos_id()] + tok.encode(text)], 5, stop_ids=(tok.eos_id(),))[0]
+    assert r["completion_ids"] == [i for i in expected if i != tok.eos_id()]
+    assert r["completion"] == tok.decode(r["completion_ids"])
+  texts = tmp_path / "texts.jsonl"
+  texts.write_text('{"text": "Hello world"}\n{"prompt": "Hello", "completion": " world"}\n')
+  scores = tmp_path / "scores.jsonl"
+  assert cli.main(["score", "--model", workdir, "--input", str(texts), "--out", str(scores)]) == 0
+  a, b = [json.loads(line) for line in open(scores)]
+  ids = [tok.bos_id()] + tok.encode("Hello world") + [tok.eos_id()]
+  ref = decode.score(loaded.model, [ids])[0]
+  np.testing.assert_allclose(a["logp"], ref.sum(), rtol=1e-5)
+  assert a["num_tokens"] == len(ids) - 1 and b["num_tokens"] == len(tok.encode(" world")) + 1
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"prompt": "ok"}\n{"text": 3}\n')
+  capsys.readouterr()
+  assert cli.main(["generate", "--model", workdir, "--input", str(bad), "--out", str(out)]) == 1
+  assert f"{bad}:2: no string 'prompt' field" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""``polyglot-jax generate`` and ``polyglot-jax score``: JSONL in, JSONL out, any loadable model.
+
+    polyglot-jax generate --model PATH --input prompts.jsonl --out out.jsonl [--max_new_tokens 64]
+        [--temperature 0] [--top_k 0] [--top_p 1] [--stop "\\n"] [--seed 0] [--batch_size 16] [--step N]
+    polyglot-jax score --model PATH --input texts.jsonl --out scores.jsonl [--batch_size 16]
+
+generate reads ``{"prompt": ...}`` records (other fields are copied to the
+output) and writes ``{..., "completion", "completion_ids"}``. score reads
+``{"text": ...}`` (the whole text is scored) or ``{"prompt", "completion"}``
+(only the completion), and writes ``{..., "logp", "num_tokens",
+"token_logps"}``. The model is anything ``polyglot_jax.load`` reads; its
+SentencePiece tokenizer encodes and decodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from tqdm import tqdm
+
+from polyglot_jax.errors import DataError
+
+
+def _records(path: str, what: str) -> list[tuple[int, dict]]:
+  """(line number, record) of every non-blank line; a bad line is a DataError naming it."""
+  if not os.path.isfile(path):
+    raise DataError(f"--input '{path}' does not exist")
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not a JSON object ({e.msg}); one {what} record per line") from None
+      if not isinstance(record, dict):
+        raise DataError(f"{path}:{lineno}: not a JSON object; one {what} record per line")
+      out.append((lineno, record))
+  return out
+
+
+def _load(args):
+  import polyglot_jax
+  loaded = polyglot_jax.load(args.model, args.step)
+  if loaded.tokenizer is None:
+    raise DataError(f"{args.model} has no SentencePiece tokenizer to encode text with; train or convert a model "
+                    "that ships one (tokenizer.model)")
+  return loaded
+
+
+def _batches(items, size):
+  for start in range(0, len(items), size):
+    yield items[start:start + size]
+
+
+def generate_main(argv: list[str]) -> int:
+  from polyglot_jax.decode.generate import generate
+  parser = argparse.ArgumentParser(prog="polyglot-jax generate")
+  parser.add_argument("--model", required=True, help="training workdir, converted workdir or Hugging Face directory")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step of a training workdir (default: newest)")
+  parser.add_argument("--input", required=True, help='JSONL of {"prompt": ...} records')
+  parser.add_argument("--out", required=True, help="JSONL written with a completion per record")
+  parser.add_argument("--max_new_tokens", type=int, default=64)
+  parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+  parser.add_argument("--top_k", type=int, default=0)
+  parser.add_argument("--top_p", type=float, default=1.0)
+  parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable); cut before it")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--batch_size", type=int, default=16)
+  args = parser.parse_args(argv)
+  records = _records(args.input, "prompt")
+  for lineno, record in records:
+    if not isinstance(record.get("prompt"), str):
+      raise DataError(f"{args.input}:{lineno}: no string 'prompt' field (fields: {sorted(record)})")
+  loaded = _load(args)
+  tok = loaded.tokenizer
+  eos = tok.eos_id()
+  with open(args.out, "w", encoding="utf-8") as out:
+    for n, batch in enumerate(tqdm(list(_batches(records, args.batch_size)), desc="generate", unit="batch")):
+      prompts = [[tok.bos_id()] + tok.encode(r["prompt"]) for _, r in batch]
+      new = generate(loaded.model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, stop_ids=(eos,) if eos >= 0 else (), seed=args.seed + n)
+      for (_, record), ids in zip(batch, new):
+        ids = [i for i in ids if i != eos]
+        text = tok.decode(ids)
+        for stop in args.stop:
+          if stop and stop in text:
+            text = text[:text.index(stop)]
+        out.write(json.dumps({**record, "completion": text, "completion_ids": ids}, ensure_ascii=False) + "\n")
+  print(f"wrote {len(records)} completions to {args.out}", flush=True)
+  return 0
+
+
+def score_main(argv: list[str]) -> int:
+  from polyglot_jax.decode.generate import score
+  parser = argparse.ArgumentParser(prog="polyglot-jax score")
+  parser.add_argument("--model", required=True, help="training workdir, converted workdir or Hugging Face directory")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step of a training workdir (default: newest)")
+  parser.add_argument("--input", required=True, help='JSONL of {"text"} or {"prompt", "completion"} records')
+  parser.add_argument("--out", required=True, help="JSONL written with log-probabilities per record")
+  parser.add_argument("--batch_size", type=int, default=16)
+  args = parser.parse_args(argv)
+  records = _records(args.input, "text")
+  loaded = _load(args)
+  tok = loaded.tokenizer
+  encoded = []
+  for lineno, record in records:
+    if isinstance(record.get("text"), str):
+      ids = [tok.bos_id()] + tok.encode(record["text"]) + [tok.eos_id()]
+      encoded.append((ids, 1))
+    elif isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+      prompt = [tok.bos_id()] + tok.encode(record["prompt"])
+      encoded.append((prompt + tok.encode(record["completion"]) + [tok.eos_id()], len(prompt)))
+    else:
+      raise DataError(f"{args.input}:{lineno}: needs a string 'text', or string 'prompt' and 'completion' "
+                      f"(fields: {sorted(record)})")
+  with open(args.out, "w", encoding="utf-8") as out:
+    pairs = list(zip(records, encoded))
+    for batch in tqdm(list(_batches(pairs, args.batch_size)), desc="score", unit="batch"):
+      logps = score(loaded.model, [ids for _, (ids, _) in batch], [start for _, (_, start) in batch])
+      for ((_, record), _), values in zip(batch, logps):
+        out.write(json.dumps({**record, "logp": float(values.sum()), "num_tokens": int(len(values)),
+                              "token_logps": [round(float(v), 6) for v in values]}, ensure_ascii=False) + "\n")
+  print(f"wrote {len(records)} scores to {args.out}", flush=True)
+  return 0
