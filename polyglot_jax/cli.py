@@ -5,6 +5,8 @@
     polyglot-jax data mixture --config configs/demo.py [--workdir DIR] [--config.data.mixture.method=unimax]
     polyglot-jax tokenizer train --input 'corpus/*.jsonl' --output tok/spm --vocab_size 32000 --alpha 0.3
     polyglot-jax tokenizer report --tokenizer tok/spm.model --input parallel.jsonl --out tok/report
+    polyglot-jax generate --model DIR --input prompts.jsonl --out completions.jsonl [--max_new_tokens 64]
+    polyglot-jax score --model DIR --input texts.jsonl --out scores.jsonl
 """
 
 from __future__ import annotations
