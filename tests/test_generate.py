@@ -105,6 +105,11 @@ def test_generate_and_score_commands_on_a_trained_workdir(make_config, tmp_path,
     expected = decode.generate(loaded.model, [[tok.bos_id()] + tok.encode(text)], 5, stop_ids=(tok.eos_id(),))[0]
     assert r["completion_ids"] == [i for i in expected if i != tok.eos_id()]
     assert r["completion"] == tok.decode(r["completion_ids"])
+  # Proxy-tuning with the same model as tuned and untuned changes nothing.
+  proxied = tmp_path / "proxied.jsonl"
+  assert cli.main(["generate", "--model", workdir, "--input", str(prompts), "--out", str(proxied),
+                   "--max_new_tokens", "5", "--proxy_tuned", workdir, "--proxy_untuned", workdir]) == 0
+  assert [json.loads(line)["completion_ids"] for line in open(proxied)] == [r["completion_ids"] for r in rows]
   texts = tmp_path / "texts.jsonl"
   texts.write_text('{"text": "Hello world"}\n{"prompt": "Hello", "completion": " world"}\n')
   scores = tmp_path / "scores.jsonl"
@@ -119,3 +124,25 @@ def test_generate_and_score_commands_on_a_trained_workdir(make_config, tmp_path,
   capsys.readouterr()
   assert cli.main(["generate", "--model", workdir, "--input", str(bad), "--out", str(out)]) == 1
   assert f"{bad}:2: no string 'prompt' field" in capsys.readouterr().err
+
+
+def test_proxy_tuning_follows_the_combined_logits(model, demo_data):
+  from conftest import tiny_config
+  from flax import nnx
+  small = {}
+  for seed in (1, 2):
+    config = tiny_config(demo_data, seed=seed, model__init_std=0.2, model__scan_layers=model.cfg.scan_layers)
+    setup = build(config, 1, mesh=mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1]))
+    small[seed] = nnx.merge(setup.graphdef, jax.device_get(setup.init_fn().params))
+  prompts = [[5, 17, 300], [9]]
+  # The same model as tuned and untuned: the large model alone.
+  assert decode.generate_proxy(model, small[1], small[1], prompts, 5) == decode.generate(model, prompts, 5)
+  got = decode.generate_proxy(model, small[1], small[2], prompts, 5)
+  for prompt, tokens in zip(prompts, got):
+    seq = list(prompt)
+    for _ in range(5):
+      x = jnp.asarray([seq], jnp.int32)
+      combined = model(x)[0, -1] + small[1](x)[0, -1] - small[2](x)[0, -1]
+      seq.append(int(jnp.argmax(combined)))
+    assert tokens == seq[len(prompt):]
+  assert got != decode.generate(model, prompts, 5)

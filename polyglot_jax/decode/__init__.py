@@ -1,5 +1,5 @@
-"""Inference: KV-cache generation and per-token scoring (``generate``, ``score``)."""
+"""Inference: KV-cache generation, proxy-tuned generation and per-token scoring."""
 
-from polyglot_jax.decode.generate import generate, sample_logits, score
+from polyglot_jax.decode.generate import generate, generate_proxy, sample_logits, score
 
-__all__ = ["generate", "sample_logits", "score"]
+__all__ = ["generate", "generate_proxy", "sample_logits", "score"]

@@ -2,6 +2,7 @@
 
     polyglot-jax generate --model PATH --input prompts.jsonl --out out.jsonl [--max_new_tokens 64]
         [--temperature 0] [--top_k 0] [--top_p 1] [--stop "\\n"] [--seed 0] [--batch_size 16] [--step N]
+        [--proxy_tuned SMALL_TUNED --proxy_untuned SMALL_BASE]
     polyglot-jax score --model PATH --input texts.jsonl --out scores.jsonl [--batch_size 16]
 
 generate reads ``{"prompt": ...}`` records (other fields are copied to the
@@ -15,6 +16,7 @@ SentencePiece tokenizer encodes and decodes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 
@@ -57,7 +59,7 @@ def _batches(items, size):
 
 
 def generate_main(argv: list[str]) -> int:
-  from polyglot_jax.decode.generate import generate
+  from polyglot_jax.decode.generate import generate, generate_proxy
   parser = argparse.ArgumentParser(prog="polyglot-jax generate")
   parser.add_argument("--model", required=True, help="training workdir, converted workdir or Hugging Face directory")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step of a training workdir (default: newest)")
@@ -70,7 +72,11 @@ def generate_main(argv: list[str]) -> int:
   parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable); cut before it")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--proxy_tuned", default="", help="proxy-tuning: a small tuned model (with --proxy_untuned)")
+  parser.add_argument("--proxy_untuned", default="", help="proxy-tuning: the same small model before tuning")
   args = parser.parse_args(argv)
+  if bool(args.proxy_tuned) != bool(args.proxy_untuned):
+    parser.error("proxy-tuning needs both --proxy_tuned and --proxy_untuned")
   records = _records(args.input, "prompt")
   for lineno, record in records:
     if not isinstance(record.get("prompt"), str):
@@ -78,11 +84,16 @@ def generate_main(argv: list[str]) -> int:
   loaded = _load(args)
   tok = loaded.tokenizer
   eos = tok.eos_id()
+  decode_fn = functools.partial(generate, loaded.model)
+  if args.proxy_tuned:
+    import polyglot_jax
+    tuned, untuned = polyglot_jax.load(args.proxy_tuned).model, polyglot_jax.load(args.proxy_untuned).model
+    decode_fn = functools.partial(generate_proxy, loaded.model, tuned, untuned)
   with open(args.out, "w", encoding="utf-8") as out:
     for n, batch in enumerate(tqdm(list(_batches(records, args.batch_size)), desc="generate", unit="batch")):
       prompts = [[tok.bos_id()] + tok.encode(r["prompt"]) for _, r in batch]
-      new = generate(loaded.model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                     top_p=args.top_p, stop_ids=(eos,) if eos >= 0 else (), seed=args.seed + n)
+      new = decode_fn(prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, stop_ids=(eos,) if eos >= 0 else (), seed=args.seed + n)
       for (_, record), ids in zip(batch, new):
         ids = [i for i in ids if i != eos]
         text = tok.decode(ids)

@@ -55,33 +55,48 @@ def sample_logits(logits_BxV: jax.Array, key: jax.Array, temperature: float, top
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p"))
-def _generate(graphdef, state, tokens_BxP, lengths_B, key, *, max_new_tokens: int, temperature: float, top_k: int,
+def _combine(logits: tuple[jax.Array, ...]) -> jax.Array:
+  """One model's logits, or proxy-tuning's large + (small tuned − small untuned)."""
+  if len(logits) == 1:
+    return logits[0]
+  large, tuned, untuned = logits
+  return large + (tuned - untuned)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdefs", "max_new_tokens", "temperature", "top_k", "top_p"))
+def _generate(graphdefs, states, tokens_BxP, lengths_B, key, *, max_new_tokens: int, temperature: float, top_k: int,
               top_p: float):
-  model = nnx.merge(graphdef, state)
   b, p = tokens_BxP.shape
   total = _bucket(p + max_new_tokens)
   pad = p - lengths_B  # Left padding of each row.
   slots = jnp.arange(total)
   valid = (slots[None, :] >= pad[:, None]) & (slots[None, :] < p)
   positions = jnp.maximum(jnp.arange(p)[None, :] - pad[:, None], 0)
-  cache = model.init_cache(b, total)
-  logits, cache = model.decode(tokens_BxP, positions, cache, jnp.int32(0), valid.astype(jnp.int32))
-  last = logits[:, -1]
+  lasts, caches = [], []
+  for graphdef, state in zip(graphdefs, states):
+    model = nnx.merge(graphdef, state)
+    logits, cache = model.decode(tokens_BxP, positions, model.init_cache(b, total), jnp.int32(0),
+                                 valid.astype(jnp.int32))
+    lasts.append(logits[:, -1])
+    caches.append(cache)
 
   def step(carry, i):
-    last, cache, valid, params = carry
+    last, caches, valid, params = carry
     token = sample_logits(last, jax.random.fold_in(key, i), temperature, top_k, top_p)
     slot = p + i
     valid = valid.at[:, slot].set(True)
-    # The parameters ride in the carry and the module is merged inside the body: an nnx module
-    # (and its own nnx.scan over layers) belongs to the trace level it was made in.
-    step_model = nnx.merge(graphdef, params)
-    logits, cache = step_model.decode(token[:, None], (lengths_B + i)[:, None], cache, slot.astype(jnp.int32),
-                                      valid.astype(jnp.int32))
-    return (logits[:, 0], cache, valid, params), token
+    new_logits, new_caches = [], []
+    for graphdef, state, cache in zip(graphdefs, params, caches):
+      # The parameters ride in the carry and the module is merged inside the body: an nnx module
+      # (and its own nnx.scan over layers) belongs to the trace level it was made in.
+      logits, cache = nnx.merge(graphdef, state).decode(token[:, None], (lengths_B + i)[:, None], cache,
+                                                        slot.astype(jnp.int32), valid.astype(jnp.int32))
+      new_logits.append(logits[:, 0])
+      new_caches.append(cache)
+    return (_combine(tuple(new_logits)), tuple(new_caches), valid, params), token
 
-  _, tokens = jax.lax.scan(step, (last, cache, valid, state), jnp.arange(max_new_tokens))
+  init = (_combine(tuple(lasts)), tuple(caches), valid, tuple(states))
+  _, tokens = jax.lax.scan(step, init, jnp.arange(max_new_tokens))
   return tokens.T
 
 
@@ -101,6 +116,24 @@ def generate(model, prompt_ids, max_new_tokens, *, temperature=0.0, top_k=0, top
   Returns:
     The new tokens of each prompt (prompt excluded), ending at the first stop id.
   """
+  return _run((model,), prompt_ids, max_new_tokens, temperature, top_k, top_p, stop_ids, seed)
+
+
+def generate_proxy(large, tuned, untuned, prompt_ids, max_new_tokens, *, temperature=0.0, top_k=0, top_p=1.0,
+                   stop_ids=(), seed=0):
+  """Proxy-tuning: decodes with ``logits_large + (logits_tuned − logits_untuned)``.
+
+  A small tuned/untuned pair steers a large model that shares their
+  tokenizer (the three models must have the same vocabulary size). Arguments
+  and result are those of ``generate``.
+  """
+  sizes = {m.cfg.vocab_size for m in (large, tuned, untuned)}
+  if len(sizes) != 1:
+    raise ValueError(f"proxy-tuning needs one vocabulary for the three models; got vocab sizes {sorted(sizes)}")
+  return _run((large, tuned, untuned), prompt_ids, max_new_tokens, temperature, top_k, top_p, stop_ids, seed)
+
+
+def _run(models, prompt_ids, max_new_tokens, temperature, top_k, top_p, stop_ids, seed):
   prompts = [list(map(int, p)) for p in prompt_ids]
   if not prompts:
     return []
@@ -113,10 +146,10 @@ def generate(model, prompt_ids, max_new_tokens, *, temperature=0.0, top_k=0, top
   for i, p in enumerate(prompts):
     tokens[i, width - len(p):] = p
   lengths = np.asarray([len(p) for p in prompts], np.int32)
-  graphdef, state = nnx.split(model)
-  out = np.asarray(_generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.PRNGKey(seed),
-                             max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
-                             top_p=float(top_p)))
+  split = [nnx.split(m) for m in models]
+  out = np.asarray(_generate(tuple(g for g, _ in split), tuple(s for _, s in split), jnp.asarray(tokens),
+                             jnp.asarray(lengths), jax.random.PRNGKey(seed), max_new_tokens=int(max_new_tokens),
+                             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p)))
   stops = set(int(s) for s in stop_ids)
   results = []
   for row in out.tolist():
