@@ -44,6 +44,16 @@ def _records(path: str, what: str) -> list[tuple[int, dict]]:
   return out
 
 
+def _parser(command: str, input_help: str, out_help: str) -> argparse.ArgumentParser:
+  """The flags both commands share: the model, its step, the input and output files."""
+  parser = argparse.ArgumentParser(prog=f"polyglot-jax {command}")
+  parser.add_argument("--model", required=True, help="training workdir, converted workdir or Hugging Face directory")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step of a training workdir (default: newest)")
+  parser.add_argument("--input", required=True, help=input_help)
+  parser.add_argument("--out", required=True, help=out_help)
+  return parser
+
+
 def _load(args):
   import polyglot_jax
   loaded = polyglot_jax.load(args.model, args.step)
@@ -60,11 +70,7 @@ def _batches(items, size):
 
 def generate_main(argv: list[str]) -> int:
   from polyglot_jax.decode.generate import generate, generate_proxy
-  parser = argparse.ArgumentParser(prog="polyglot-jax generate")
-  parser.add_argument("--model", required=True, help="training workdir, converted workdir or Hugging Face directory")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step of a training workdir (default: newest)")
-  parser.add_argument("--input", required=True, help='JSONL of {"prompt": ...} records')
-  parser.add_argument("--out", required=True, help="JSONL written with a completion per record")
+  parser = _parser("generate", 'JSONL of {"prompt": ...} records', "JSONL written with a completion per record")
   parser.add_argument("--max_new_tokens", type=int, default=64)
   parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
   parser.add_argument("--top_k", type=int, default=0)
@@ -107,11 +113,8 @@ def generate_main(argv: list[str]) -> int:
 
 def score_main(argv: list[str]) -> int:
   from polyglot_jax.decode.generate import score
-  parser = argparse.ArgumentParser(prog="polyglot-jax score")
-  parser.add_argument("--model", required=True, help="training workdir, converted workdir or Hugging Face directory")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step of a training workdir (default: newest)")
-  parser.add_argument("--input", required=True, help='JSONL of {"text"} or {"prompt", "completion"} records')
-  parser.add_argument("--out", required=True, help="JSONL written with log-probabilities per record")
+  parser = _parser("score", 'JSONL of {"text"} or {"prompt", "completion"} records',
+                   "JSONL written with log-probabilities per record")
   parser.add_argument("--batch_size", type=int, default=16)
   args = parser.parse_args(argv)
   records = _records(args.input, "text")
