@@ -250,3 +250,25 @@ def test_objective_sections_are_gin_configurables(tmp_path):
   config = gin_config.config_from_gin([str(gin_file)], ["probe.ramp_steps = 7"])
   assert config.objective == "probe" and config.probe.aux_weight == 0.25 and config.probe.ramp_steps == 7
   assert config.stack.members == (("lm", 1.0), ("probe", 0.5))
+
+
+def test_stacked_data_streams_come_from_the_objective_and_resume(make_config, tmp_path):
+  from polyglot_jax.data.backends import make_data
+  config = make_config(objective="stack", stack__members=(("lm", 1.0), ("probe", 0.5)),
+                       stack__data=(("probe", "kind", "text_doc_count"), ("probe", "shuffle_seed", 7)))
+  data = make_data(config, str(tmp_path))
+  batches = [next(data.train) for _ in range(4)]
+  assert set(batches[0]) == {f"lm/{k}" for k in Probe.batch_spec(Probe(config, 1)) if k != "doc_count"} | \
+      {f"probe/{k}" for k in Probe.batch_spec(Probe(config, 1))}
+  assert not np.array_equal(batches[0]["lm/inputs"], batches[0]["probe/inputs"])  # Two streams, two seeds.
+  np.testing.assert_array_equal(batches[0]["probe/doc_count"], batches[0]["probe/segment_ids"].max(axis=1))
+  assert data.held_out and "probe/doc_count" in data.held_out[0]
+  again = make_data(config, str(tmp_path))
+  first = make_data(config, str(tmp_path))
+  for _ in range(2):
+    next(first.train)
+  again.train.set_state(json.loads(json.dumps(first.train.get_state())))
+  for expected in batches[2:]:
+    got = next(again.train)
+    for k in expected:
+      np.testing.assert_array_equal(got[k], expected[k])

@@ -21,8 +21,10 @@ from polyglot_jax.errors import DataError
 
 def make_data(config: ConfigDict, workdir: str) -> Data:
   """The ``Data`` of ``config.data.backend`` for records of ``config.data.kind``."""
-  if config.objective == "stack":
-    return _stacked(config, workdir)
+  from polyglot_jax.objectives.base import objective_class
+  streams = objective_class(config).stream_configs(config)
+  if list(streams) != [""]:
+    return _interleaved(streams, workdir)
   backend, kind = config.data.backend, config.data.kind
   records_lib.get_kind(kind)  # An unknown kind is named before anything is read.
   if backend == "seqio" and kind != "text":
@@ -49,8 +51,8 @@ def _packed(config: ConfigDict, workdir: str) -> Data:
   return Data(text.languages, train, held_out, text.rates, text.train_tokens, text.rejected)
 
 
-class StackedBatches:
-  """One batch from each member's stream per step, fields prefixed ``<member>/``; state per member."""
+class InterleavedBatches:
+  """One batch from each stream per step, fields prefixed by the stream's prefix; state per stream."""
 
   def __init__(self, streams: dict):
     self.streams = streams
@@ -60,37 +62,36 @@ class StackedBatches:
 
   def __next__(self):
     out = {}
-    for name, stream in self.streams.items():
-      out.update({f"{name}/{k}": v for k, v in next(stream).items()})
+    for prefix, stream in self.streams.items():
+      out.update({f"{prefix}{k}": v for k, v in next(stream).items()})
     return out
 
   def get_state(self) -> dict:
-    return {name: stream.get_state() for name, stream in self.streams.items()}
+    return {prefix: stream.get_state() for prefix, stream in self.streams.items()}
 
   def set_state(self, state: dict) -> None:
-    for name, stream in self.streams.items():
-      if name not in state:
-        raise DataError(f"the checkpoint's data state has no stream '{name}' (it has {sorted(state)}); "
-                        "resume with the same config.stack.members or use a new workdir")
-      stream.set_state(state[name])
+    for prefix, stream in self.streams.items():
+      if prefix not in state:
+        raise DataError(f"the checkpoint's data state has no stream '{prefix}' (it has {sorted(state)}); "
+                        "resume with the same objective settings (e.g. config.stack.members) or use a new workdir")
+      stream.set_state(state[prefix])
 
 
-def _stacked(config: ConfigDict, workdir: str) -> Data:
-  """Stacked objectives: one data stream per member (config.data + its config.stack.data overrides)."""
-  from polyglot_jax.objectives.stack import member_config
-  parts = {name: make_data(member_config(config, name), workdir) for name, _ in config.stack.members}
-  names = list(parts)
-  languages = parts[names[0]].languages
-  for name in names[1:]:
-    if parts[name].languages != languages:
-      raise DataError(f"stacked members '{names[0]}' and '{name}' read data in different languages "
-                      f"({list(languages)} vs {list(parts[name].languages)}); set config.data.languages so that "
+def _interleaved(streams: dict[str, ConfigDict], workdir: str) -> Data:
+  """Several data streams (an objective's ``stream_configs``), one per batch-field prefix."""
+  parts = {prefix: make_data(member, workdir) for prefix, member in streams.items()}
+  prefixes = list(parts)
+  languages = parts[prefixes[0]].languages
+  for prefix in prefixes[1:]:
+    if parts[prefix].languages != languages:
+      raise DataError(f"the data streams '{prefixes[0]}' and '{prefix}' read data in different languages "
+                      f"({list(languages)} vs {list(parts[prefix].languages)}); set config.data.languages so that "
                       "language ids agree")
-  held = [parts[name].held_out for name in names]
+  held = [parts[prefix].held_out for prefix in prefixes]
   held_out = [] if any(not h for h in held) else [
-      {f"{name}/{k}": v for name, batch in zip(names, batches) for k, v in batch.items()}
+      {f"{prefix}{k}": v for prefix, batch in zip(prefixes, batches) for k, v in batch.items()}
       for batches in zip(*held)]
-  first = parts[names[0]]
+  first = parts[prefixes[0]]
   rejected = sum((p.rejected for p in parts.values()), first.rejected.__class__())
-  return Data(languages, StackedBatches({name: p.train for name, p in parts.items()}), held_out, first.rates,
-              first.sizes, rejected)
+  return Data(languages, InterleavedBatches({prefix: p.train for prefix, p in parts.items()}), held_out,
+              first.rates, first.sizes, rejected)

@@ -192,9 +192,19 @@ class Objective(abc.ABC):
       return jnp.sum(batch["loss_weights"].astype(jnp.float32))
     return jnp.float32(next(iter(batch.values())).shape[0])
 
+  @classmethod
+  def stream_configs(cls, config: ConfigDict) -> dict[str, ConfigDict]:
+    """Batch-field prefix → the config whose ``data`` section reads the stream that feeds those fields.
+
+    A classmethod: the data side asks it before the objective is built. The
+    default is one stream, ``config.data``, with unprefixed fields; a stacked
+    objective gives one per member.
+    """
+    return {"": config}
+
   def data_streams(self) -> dict[str, str]:
     """Batch-field prefix → the record kind of the data stream that feeds those fields."""
-    return {"": self.config.data.kind}
+    return {prefix: c.data.kind for prefix, c in type(self).stream_configs(self.config).items()}
 
   # ---- Computation.
 
@@ -250,11 +260,16 @@ class Objective(abc.ABC):
     return ops
 
 
-def make_objective(config: ConfigDict, num_languages: int) -> Objective:
-  """The objective ``config.objective`` names, built for this config."""
+def objective_class(config: ConfigDict) -> type[Objective]:
+  """The class ``config.objective`` names; an unknown name is a ConfigError listing the registered ones."""
   if config.objective not in OBJECTIVES:
     raise ConfigError(f"config.objective='{config.objective}' is unknown; registered objectives: {sorted(OBJECTIVES)}")
-  return OBJECTIVES[config.objective](config, num_languages)
+  return OBJECTIVES[config.objective]
+
+
+def make_objective(config: ConfigDict, num_languages: int) -> Objective:
+  """The objective ``config.objective`` names, built for this config."""
+  return objective_class(config)(config, num_languages)
 
 
 def config_sections() -> dict[str, ConfigDict]:

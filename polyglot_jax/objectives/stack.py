@@ -8,8 +8,9 @@ the stacked batch as ``m/<field>``, its metrics as ``m/<metric>`` and its
 extra state under ``extra[m]``. Each member reads its own data stream:
 ``config.data`` with the member's overrides from ``config.stack.data``
 (``(("prealign", "kind", "word_groups"), ("prealign", "train_files",
-("dict.jsonl",)))``); data/backends.py builds one stream per member and
-interleaves their batches.
+("dict.jsonl",)))``). ``stream_configs`` tells the data side
+(data/backends.py) to build one stream per member and interleave their
+batches.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ class Stack(Objective):
   def batch_spec(self):
     return {f"{name}/{k}": spec for name, _, o in self.members for k, spec in o.batch_spec().items()}
 
-  def data_streams(self):
-    return {f"{name}/": o.config.data.kind for name, _, o in self.members}
+  @classmethod
+  def stream_configs(cls, config):
+    return {f"{entry[0]}/": member_config(config, entry[0]) for entry in config.stack.members}
 
   def member_batch(self, batch, name):
     prefix = name + "/"
