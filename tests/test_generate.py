@@ -64,6 +64,26 @@ def test_greedy_generation_matches_recompute_for_mixed_lengths(model):
   assert decode.generate(model, [prompts[1]], 6)[0] == got[1]
 
 
+def test_greedy_generation_on_a_sharded_mesh_matches_one_device(model):
+  """The same weights on a (data 2, fsdp 2, tensor 2) mesh: the KV cache is sharded, the tokens are unchanged."""
+  from flax import nnx
+  from polyglot_jax import configs
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  graphdef, state = nnx.split(model)
+  with mesh_lib.activate(mesh, configs.DEFAULT_RULES):
+    specs = nnx.get_partition_spec(state)
+    cache_spec = jax.jit(lambda: model.init_cache(4, 32))()[0].sharding.spec
+  placed = jax.tree.map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, s)), state, specs,
+                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  sharded = nnx.merge(graphdef, placed)
+  assert sharded.embedding[...].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+  assert cache_spec == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor")
+  prompts = [[5, 17, 300, 42], [9], list(range(100, 140))]  # 3 rows: padded to the 4 batch shards.
+  got = decode.generate(sharded, prompts, 6)
+  assert got == decode.generate(model, prompts, 6)
+  assert got[0] == greedy_reference(model, prompts[0], 6)
+
+
 def test_sampling_is_seeded_and_top_k_one_is_greedy(model):
   prompts = [[5, 17, 300], [8, 9]]
   a = decode.generate(model, prompts, 8, temperature=1.0, seed=3)

@@ -11,6 +11,7 @@ a run compiles once per (batch, bucket) pair, not once per prompt length.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Sequence
 
@@ -18,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from polyglot_jax import mesh as mesh_lib
 
 LENGTH_BUCKET = 32
 
@@ -142,23 +145,49 @@ def _run(models, prompt_ids, max_new_tokens, temperature, top_k, top_p, stop_ids
   if max_new_tokens <= 0:
     return [[] for _ in prompts]
   width = _bucket(max(len(p) for p in prompts))
-  tokens = np.zeros((len(prompts), width), np.int32)
+  mesh, rules = _mesh_of(models[0])
+  # The batch is padded (with one-token rows, dropped after) to a multiple of its shard count.
+  shards = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in mesh_lib.BATCH_AXES]))
+  rows = -(-len(prompts) // shards) * shards
+  tokens = np.zeros((rows, width), np.int32)
+  lengths = np.ones((rows,), np.int32)
   for i, p in enumerate(prompts):
     tokens[i, width - len(p):] = p
-  lengths = np.asarray([len(p) for p in prompts], np.int32)
+    lengths[i] = len(p)
   split = [nnx.split(m) for m in models]
-  out = np.asarray(_generate(tuple(g for g, _ in split), tuple(s for _, s in split), jnp.asarray(tokens),
-                             jnp.asarray(lengths), jax.random.PRNGKey(seed), max_new_tokens=int(max_new_tokens),
-                             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p)))
+  with contextlib.ExitStack() as stack:
+    if mesh is not None:
+      stack.enter_context(mesh_lib.activate(mesh, rules))
+    out = np.asarray(_generate(tuple(g for g, _ in split), tuple(s for _, s in split), jnp.asarray(tokens),
+                               jnp.asarray(lengths), jax.random.PRNGKey(seed), max_new_tokens=int(max_new_tokens),
+                               temperature=float(temperature), top_k=int(top_k), top_p=float(top_p)))
   stops = set(int(s) for s in stop_ids)
   results = []
-  for row in out.tolist():
+  for row in out[:len(prompts)].tolist():
     for j, token in enumerate(row):
       if token in stops:
         row = row[:j + 1]
         break
     results.append(row)
   return results
+
+
+def _mesh_of(model):
+  """(mesh, logical rules) the model's parameters are sharded over; (None, None) on one device.
+
+  The rules are those active (``mesh.activate``) when generate is called, else
+  ``configs.DEFAULT_RULES``; they place the KV cache (``attention.CACHE_AXES``).
+  """
+  from flax.core import spmd
+
+  from polyglot_jax import configs
+  for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)):
+    sharding = getattr(leaf, "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and mesh.size > 1:
+      return mesh, spmd.get_logical_axis_rules() or configs.DEFAULT_RULES
+    break
+  return None, None
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))

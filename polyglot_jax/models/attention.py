@@ -89,6 +89,7 @@ class Attention(nnx.Module):
     q_BxSxHxD, k_BxSxKxD, v_BxSxKxD = self.qkv(x_BxSxE, cos, sin)
     k_cache = jax.lax.dynamic_update_slice(k_cache_BxTxKxD, k_BxSxKxD.astype(k_cache_BxTxKxD.dtype), (0, start, 0, 0))
     v_cache = jax.lax.dynamic_update_slice(v_cache_BxTxKxD, v_BxSxKxD.astype(v_cache_BxTxKxD.dtype), (0, start, 0, 0))
+    k_cache, v_cache = (constrain(c, CACHE_AXES[1:]) for c in (k_cache, v_cache))
     b, s, h, hd = q_BxSxHxD.shape
     t, kvh = k_cache.shape[1], k_cache.shape[2]
     dt = q_BxSxHxD.dtype
@@ -120,6 +121,11 @@ class Attention(nnx.Module):
     """The output projection back to the residual stream."""
     out_BxLxE = dense(out_BxLxHxD, self.o_proj[...], dtype_of(self.cfg.dtype), n_in=2)
     return constrain(out_BxLxE, ("batch", "length", "act_embed"))
+
+
+# Logical axes of the KV cache [layers, B, T, kv_heads, head_dim]: sharded like the
+# activations (batch over data/fsdp, kv heads over tensor).
+CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 
 
 def causal_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, block: int):

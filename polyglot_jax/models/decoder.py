@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from polyglot_jax.mesh import constrain
-from polyglot_jax.models.attention import Attention
+from polyglot_jax.models.attention import CACHE_AXES, Attention
 from polyglot_jax.models.config import ModelConfig
 from polyglot_jax.models.layers import RMSNorm, dtype_of, param, rope_tables
 from polyglot_jax.models.mlp import SwiGLU
@@ -148,10 +148,14 @@ class Decoder(nnx.Module):
     return constrain(out_TxV.reshape(b, length, -1), ("batch", "length", "act_vocab"))
 
   def init_cache(self, batch: int, length: int):
-    """Zero key and value caches [num_layers, B, T, num_kv_heads, head_dim] in the compute dtype."""
+    """Zero key and value caches [num_layers, B, T, num_kv_heads, head_dim] in the compute dtype.
+
+    Under an active mesh (``mesh.activate``) the cache is sharded by the
+    logical axes ``attention.CACHE_AXES``: batch over (data, fsdp), kv heads over tensor.
+    """
     cfg = self.cfg
     shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-    return jnp.zeros(shape, dtype_of(cfg.dtype)), jnp.zeros(shape, dtype_of(cfg.dtype))
+    return tuple(constrain(jnp.zeros(shape, dtype_of(cfg.dtype)), CACHE_AXES) for _ in range(2))
 
   def decode(self, tokens_BxS, positions_BxS, cache, start, valid_BxT):
     """Logits of S new tokens written at cache slots start..start+S-1 (prefill: S = prompt length; then 1).
