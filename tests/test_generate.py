@@ -131,14 +131,23 @@ def test_generate_and_score_commands_on_a_trained_workdir(make_config, tmp_path,
   workdir = str(tmp_path / "run")
   train_and_evaluate(make_config(train__num_steps=2, data__eval_files=()), workdir)
   prompts = tmp_path / "prompts.jsonl"
-  prompts.write_text('{"prompt": "Hello", "id": 1}\n{"prompt": "Bonjour le monde", "id": 2}\n')
+  chat = {"messages": [{"role": "user", "content": "Salut"}], "id": 4}
+  prompts.write_text('{"prompt": "Hello", "id": 1}\n{"prompt": "Bonjour le monde", "id": 2}\n'
+                     '{"instruction": "Translate", "input": "Hola", "id": 3}\n' + json.dumps(chat) + "\n")
   out = tmp_path / "out.jsonl"
   assert cli.main(["generate", "--model", workdir, "--input", str(prompts), "--out", str(out),
-                   "--max_new_tokens", "5"]) == 0
+                   "--max_new_tokens", "5", "--template", "plain"]) == 0
   rows = [json.loads(line) for line in open(out)]
-  assert [r["id"] for r in rows] == [1, 2]
+  assert [r["id"] for r in rows] == [1, 2, 3, 4]
   loaded = polyglot_jax.load(workdir)
   tok = loaded.tokenizer
+  # Instruction and chat prompts are tokenised as the instruction and chat record kinds train on.
+  assert decode.generate(loaded.model, [[tok.bos_id()] + tok.encode("Translate\nHola\n")], 5,
+                         stop_ids=(tok.eos_id(),))[0][:len(rows[2]["completion_ids"])] == rows[2]["completion_ids"]
+  chat_ids = tok.encode("<user>\n") + tok.encode("Salut\n") + tok.encode("<assistant>\n")
+  assert decode.generate(loaded.model, [[tok.bos_id()] + chat_ids], 5,
+                         stop_ids=(tok.eos_id(),))[0][:len(rows[3]["completion_ids"])] == rows[3]["completion_ids"]
+  rows = rows[:2]
   for r, text in zip(rows, ["Hello", "Bonjour le monde"]):
     expected = decode.generate(loaded.model, [[tok.bos_id()] + tok.encode(text)], 5, stop_ids=(tok.eos_id(),))[0]
     assert r["completion_ids"] == [i for i in expected if i != tok.eos_id()]
@@ -147,7 +156,7 @@ def test_generate_and_score_commands_on_a_trained_workdir(make_config, tmp_path,
   proxied = tmp_path / "proxied.jsonl"
   assert cli.main(["generate", "--model", workdir, "--input", str(prompts), "--out", str(proxied),
                    "--max_new_tokens", "5", "--proxy_tuned", workdir, "--proxy_untuned", workdir]) == 0
-  assert [json.loads(line)["completion_ids"] for line in open(proxied)] == [r["completion_ids"] for r in rows]
+  assert [json.loads(line)["completion_ids"] for line in open(proxied)][:2] == [r["completion_ids"] for r in rows]
   texts = tmp_path / "texts.jsonl"
   texts.write_text('{"text": "Hello world"}\n{"prompt": "Hello", "completion": " world"}\n')
   scores = tmp_path / "scores.jsonl"
@@ -161,7 +170,7 @@ def test_generate_and_score_commands_on_a_trained_workdir(make_config, tmp_path,
   bad.write_text('{"prompt": "ok"}\n{"text": 3}\n')
   capsys.readouterr()
   assert cli.main(["generate", "--model", workdir, "--input", str(bad), "--out", str(out)]) == 1
-  assert f"{bad}:2: no string 'prompt' field" in capsys.readouterr().err
+  assert f"{bad}:2: needs a string 'prompt', an 'instruction'" in capsys.readouterr().err
 
 
 def test_proxy_tuning_follows_the_combined_logits(model, demo_data):

@@ -203,6 +203,53 @@ class ChatKind(RecordKind):
     return tokens, weights
 
 
+# Where a generated chat turn ends: the next role line (a model tuned on the chat kind writes one).
+CHAT_STOPS = tuple(f"\n<{role}>" for role in CHAT_ROLES)
+
+
+def generation_prompt(record: dict, processor, template: str = "alpaca") -> tuple[list[int], str] | Rejected:
+  """Prompt token ids (no BOS) for generating the response of one record, tokenised as training does.
+
+  The record is one of: ``{"prompt"}`` (the text as it is); an instruction
+  record ``{"instruction", "input" (optional)}`` rendered with ``template``
+  (``TEMPLATES``), the response to come; a chat record ``{"messages"}`` whose
+  turns are written as the chat kind writes them, then the ``<assistant>``
+  role line. Training records (with "output" or a final assistant turn) work
+  too: the output and turns after the last user turn are left out.
+
+  Args:
+    record: one JSON object.
+    processor: a SentencePieceProcessor.
+    template: an instruction template name.
+
+  Returns:
+    (prompt ids, kind name: "prompt" | "instruction" | "chat"), or a ``Rejected`` reason.
+  """
+  if isinstance(record.get("prompt"), str):
+    return processor.encode(record["prompt"]), "prompt"
+  if "instruction" in record:
+    if template not in TEMPLATES:
+      raise ConfigError(f"--template '{template}' is unknown; templates: {sorted(TEMPLATES)}")
+    content = InstructionKind.parse(None, dict(record, output=record.get("output") or "-"))
+    if isinstance(content, Rejected):
+      return content
+    return processor.encode(InstructionKind.render(None, content, template)[0]), "instruction"
+  if "messages" in record:
+    messages = record["messages"]
+    ok = isinstance(messages, list) and messages and all(
+        isinstance(m, dict) and m.get("role") in CHAT_ROLES and isinstance(m.get("content"), str) for m in messages)
+    if not ok:
+      return Rejected(f"'messages' is not a non-empty list of {{\"role\": one of {list(CHAT_ROLES)}, "
+                      "\"content\": string}")
+    while messages and messages[-1]["role"] == "assistant":
+      messages = messages[:-1]
+    ids = []
+    for m in messages:
+      ids += processor.encode(f"<{m['role']}>\n") + processor.encode(m["content"] + "\n")
+    return ids + processor.encode("<assistant>\n"), "chat"
+  return Rejected("needs a string 'prompt', an 'instruction' (with optional 'input') or a 'messages' list")
+
+
 PREFERENCE_SIDES = ("chosen", "rejected")
 
 

@@ -78,17 +78,23 @@ def generate_main(argv: list[str]) -> int:
   parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable); cut before it")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--template", default="alpaca", help="instruction records: template name (alpaca|plain)")
   parser.add_argument("--proxy_tuned", default="", help="proxy-tuning: a small tuned model (with --proxy_untuned)")
   parser.add_argument("--proxy_untuned", default="", help="proxy-tuning: the same small model before tuning")
   args = parser.parse_args(argv)
   if bool(args.proxy_tuned) != bool(args.proxy_untuned):
     parser.error("proxy-tuning needs both --proxy_tuned and --proxy_untuned")
+  from polyglot_jax.data.records import CHAT_STOPS, Rejected, generation_prompt
   records = _records(args.input, "prompt")
-  for lineno, record in records:
-    if not isinstance(record.get("prompt"), str):
-      raise DataError(f"{args.input}:{lineno}: no string 'prompt' field (fields: {sorted(record)})")
   loaded = _load(args)
   tok = loaded.tokenizer
+  prompts, kinds = [], []
+  for lineno, record in records:
+    rendered = generation_prompt(record, tok, args.template)
+    if isinstance(rendered, Rejected):
+      raise DataError(f"{args.input}:{lineno}: {rendered} (fields: {sorted(record)})")
+    prompts.append([tok.bos_id()] + rendered[0])
+    kinds.append(rendered[1])
   eos = tok.eos_id()
   decode_fn = functools.partial(generate, loaded.model)
   if args.proxy_tuned:
@@ -96,14 +102,14 @@ def generate_main(argv: list[str]) -> int:
     tuned, untuned = polyglot_jax.load(args.proxy_tuned).model, polyglot_jax.load(args.proxy_untuned).model
     decode_fn = functools.partial(generate_proxy, loaded.model, tuned, untuned)
   with open(args.out, "w", encoding="utf-8") as out:
-    for n, batch in enumerate(tqdm(list(_batches(records, args.batch_size)), desc="generate", unit="batch")):
-      prompts = [[tok.bos_id()] + tok.encode(r["prompt"]) for _, r in batch]
-      new = decode_fn(prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+    items = list(zip(records, prompts, kinds))
+    for n, batch in enumerate(tqdm(list(_batches(items, args.batch_size)), desc="generate", unit="batch")):
+      new = decode_fn([p for _, p, _ in batch], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, stop_ids=(eos,) if eos >= 0 else (), seed=args.seed + n)
-      for (_, record), ids in zip(batch, new):
+      for ((_, record), _, kind), ids in zip(batch, new):
         ids = [i for i in ids if i != eos]
         text = tok.decode(ids)
-        for stop in args.stop:
+        for stop in args.stop + (list(CHAT_STOPS) if kind == "chat" else []):
           if stop and stop in text:
             text = text[:text.index(stop)]
         out.write(json.dumps({**record, "completion": text, "completion_ids": ids}, ensure_ascii=False) + "\n")
