@@ -7,6 +7,8 @@
     polyglot-jax tokenizer report --tokenizer tok/spm.model --input parallel.jsonl --out tok/report
     polyglot-jax generate --model DIR --input prompts.jsonl --out completions.jsonl [--max_new_tokens 64]
     polyglot-jax score --model DIR --input texts.jsonl --out scores.jsonl
+    polyglot-jax eval --model DIR --tasks xcopa=DIR mgsm=DIR flores=DIR --out results/
+    polyglot-jax analyze logit-lens|lape --model DIR ...
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import sys
 
 USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean, tokenizer train|report|extend, "
-         "convert, plan, generate, score")
+         "convert, plan, generate, score, eval, analyze logit-lens|lape")
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -104,8 +106,18 @@ def _score(argv: list[str]) -> int:
   return commands.score_main(argv)
 
 
+def _eval(argv: list[str]) -> int:
+  from polyglot_jax.eval import commands
+  return commands.main(argv)
+
+
+def _analyze(argv: list[str]) -> int:
+  from polyglot_jax.analysis import commands
+  return commands.main(argv)
+
+
 COMMANDS = {"train": _train, "data": _data, "tokenizer": _tokenizer, "convert": _convert, "plan": _plan,
-            "generate": _generate, "score": _score}
+            "generate": _generate, "score": _score, "eval": _eval, "analyze": _analyze}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,6 +161,16 @@ def default_config() -> ConfigDict:
   c.train.profile_start_step = 10  # First step of the jax.profiler trace (after compile and warm-up).
   c.train.profile_steps = 0  # Steps to trace into WORKDIR/profile; 0: no trace.
 
+  c.evaluation = ConfigDict()  # The eval harness during training (polyglot-jax eval; eval/harness.py).
+  c.evaluation.tasks = ()  # "name=path" entries, e.g. ("xcopa=data/xcopa", "mgsm=data/mgsm"); empty: off.
+  c.evaluation.every_steps = 0  # Period in steps; 0: at the end of training only. Results: WORKDIR/evaluation/.
+  c.evaluation.shots = 0  # Multiple-choice and translation shots.
+  c.evaluation.mgsm_shots = 0  # MGSM chain-of-thought exemplars, read from evaluation.exemplars.
+  c.evaluation.exemplars = ""
+  c.evaluation.limit = 0  # Items per language (0: all).
+  c.evaluation.batch_size = 16
+  c.evaluation.max_new_tokens = 128
+
   c.checkpoint = ConfigDict()
   c.checkpoint.every_steps = 500  # Save period (also saved at the end and on SIGTERM).
   c.checkpoint.max_to_keep = 3  # Keep the newest K checkpoints; the keep policy alone deletes.

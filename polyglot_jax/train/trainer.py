@@ -22,8 +22,9 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from polyglot_jax import configs as config_lib
+from polyglot_jax import mesh as mesh_lib
 from polyglot_jax.data.backends import make_data
-from polyglot_jax.errors import CheckpointError, TrainingError
+from polyglot_jax.errors import CheckpointError, ConfigError, TrainingError
 from polyglot_jax.models.flops import train_flops_per_token
 from polyglot_jax.objectives.base import Objective
 from polyglot_jax.train import metrics as metrics_lib
@@ -36,6 +37,45 @@ from polyglot_jax.train.state import TrainState
 
 __all__ = ["Setup", "TrainingError", "abstract_batch", "build", "evaluate", "global_batch",
            "maybe_initialize_distributed", "train_and_evaluate"]
+
+
+def _harness(config: ConfigDict, setup: Setup, workdir: str, writer, is_main: bool):
+  """The eval-harness run of ``config.evaluation`` (None when it names no tasks).
+
+  The returned function evaluates the state's parameters on the training
+  mesh, writes ``WORKDIR/evaluation/step_<N>/`` (results.json, table.txt,
+  plots) and the ``harness/<task>/<metric>[/<lang>]`` scalars, and returns
+  the results.
+  """
+  if not config.evaluation.tasks:
+    return None
+  import dataclasses
+
+  import sentencepiece
+
+  from polyglot_jax.eval import harness
+  tasks = harness.parse_tasks(config.evaluation.tasks)
+  for name, path in tasks:
+    if not os.path.exists(path):
+      raise ConfigError(f"config.evaluation.tasks: {name}={path} does not exist")
+  if not config.data.tokenizer:
+    raise ConfigError("config.evaluation.tasks needs config.data.tokenizer to encode the tasks")
+  tokenizer = sentencepiece.SentencePieceProcessor(model_file=config.data.tokenizer)
+  fields = {f.name for f in dataclasses.fields(harness.EvalOptions)}
+  options = harness.EvalOptions(**{k: v for k, v in config.evaluation.items() if k in fields})
+
+  def run(step: int, state: TrainState) -> dict:
+    with mesh_lib.activate(setup.mesh, mesh_lib.rules_tuple(config.logical_axis_rules)):
+      results = harness.evaluate_model(nnx.merge(setup.graphdef, state.params), tokenizer, tasks, options,
+                                       max_len=config.data.seq_len, progress=is_main)
+    if is_main:
+      harness.write(results, os.path.join(workdir, "evaluation", f"step_{step}"), {"step": step})
+      print(harness.table(results), flush=True)
+    writer.write_scalars(step, harness.scalars(results))
+    writer.flush()
+    return results
+
+  return run
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
@@ -108,6 +148,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       eval_writer.write_scalars(step, {f"eval/{k}": v for k, v in row.items()})
       eval_writer.flush()
     return row
+
+  run_harness = _harness(config, setup, workdir, eval_writer, is_main)
 
   before_path = os.path.join(workdir, "eval_before.json")
   if held_out and step == 0:
@@ -183,6 +225,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       if held_out and config.train.eval_every_steps and step % config.train.eval_every_steps == 0 \
           and step != total_steps:
         run_eval(step, state)
+      if run_harness and config.evaluation.every_steps and step % config.evaluation.every_steps == 0 \
+          and step != total_steps:
+        run_harness(step, state)
       ckpt.save(step, state, train_batches.get_state, meta)
     if pending is not None:
       window.absorb(*pending, max_skips=max_skips)
@@ -205,6 +250,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
   summary = {"step": step, "state": state, "compile_seconds": compile_seconds,
              "skipped_steps": int(jax.device_get(state.skipped_steps))}
+  if run_harness:
+    summary["evaluation"] = run_harness(step, state)
   if held_out or type(objective).evaluate is not Objective.evaluate:
     final = run_eval(step, state)
     after = metrics_lib.per_language(final, objective.summary_metric, languages)

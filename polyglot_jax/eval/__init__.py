@@ -1,0 +1,1 @@
+"""Evaluation: task readers, answer extraction, and the ``polyglot-jax eval`` harness."""
