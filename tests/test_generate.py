@@ -166,6 +166,15 @@ def test_generate_and_score_commands_on_a_trained_workdir(make_config, tmp_path,
   ref = decode.score(loaded.model, [ids])[0]
   np.testing.assert_allclose(a["logp"], ref.sum(), rtol=1e-5)
   assert a["num_tokens"] == len(ids) - 1 and b["num_tokens"] == len(tok.encode(" world")) + 1
+  long = tmp_path / "long.jsonl"
+  long.write_text('{"prompt": "ok"}\n{"prompt": "' + "Bonjour le monde " * 40 + '"}\n')
+  capsys.readouterr()
+  assert cli.main(["generate", "--model", workdir, "--input", str(long), "--out", str(out), "--max_new_tokens", "4",
+                   "--long_prompts", "refuse"]) == 1
+  assert f"{long}:2: the prompt has" in capsys.readouterr().err
+  assert cli.main(["generate", "--model", workdir, "--input", str(long), "--out", str(out),
+                   "--max_new_tokens", "4"]) == 0
+  assert "1 prompts longer than 60 tokens kept BOS and their last 59 tokens" in capsys.readouterr().out
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"prompt": "ok"}\n{"text": 3}\n')
   capsys.readouterr()

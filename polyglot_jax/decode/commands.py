@@ -78,6 +78,10 @@ def generate_main(argv: list[str]) -> int:
   parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable); cut before it")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--max_len", type=int, default=0,
+                      help="context length (default: the model's training seq_len); prompt + new tokens fit in it")
+  parser.add_argument("--long_prompts", choices=("truncate", "refuse"), default="truncate",
+                      help="a longer prompt keeps BOS and its last tokens (counted), or is an error naming its line")
   parser.add_argument("--template", default="alpaca", help="instruction records: template name (alpaca|plain)")
   parser.add_argument("--proxy_tuned", default="", help="proxy-tuning: a small tuned model (with --proxy_untuned)")
   parser.add_argument("--proxy_untuned", default="", help="proxy-tuning: the same small model before tuning")
@@ -95,6 +99,21 @@ def generate_main(argv: list[str]) -> int:
       raise DataError(f"{args.input}:{lineno}: {rendered} (fields: {sorted(record)})")
     prompts.append([tok.bos_id()] + rendered[0])
     kinds.append(rendered[1])
+  room = (args.max_len or int(loaded.config.data.seq_len)) - args.max_new_tokens
+  if room < 2:
+    raise DataError(f"--max_new_tokens {args.max_new_tokens} leaves no room for a prompt in a context of "
+                    f"{args.max_len or loaded.config.data.seq_len} tokens; lower it or raise --max_len")
+  truncated = 0
+  for n, ((lineno, _), ids) in enumerate(zip(records, prompts)):
+    if len(ids) > room:
+      if args.long_prompts == "refuse":
+        raise DataError(f"{args.input}:{lineno}: the prompt has {len(ids)} tokens; with --max_new_tokens "
+                        f"{args.max_new_tokens} at most {room} fit the context; shorten it or use "
+                        "--long_prompts truncate")
+      prompts[n] = ids[:1] + ids[len(ids) - room + 1:]
+      truncated += 1
+  if truncated:
+    print(f"{truncated} prompts longer than {room} tokens kept BOS and their last {room - 1} tokens", flush=True)
   eos = tok.eos_id()
   decode_fn = functools.partial(generate, loaded.model)
   if args.proxy_tuned:
