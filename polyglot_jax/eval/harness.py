@@ -28,7 +28,8 @@ Parallel tasks (items with the same id in every language: XCOPA, XNLI,
 XStoryCloze, Belebele, MGSM) also report ``consistency``: per language, the
 share of items whose prediction equals the pivot language's (English when
 present) on the same item, and over all languages, the share of items
-predicted the same in every language.
+predicted the same in every language. A missing prediction (MGSM output
+without a number) agrees with nothing.
 
 Rules for awkward input, counted in each task's result:
 - a language whose text is mostly unknown pieces for the tokenizer (share of
@@ -191,6 +192,11 @@ def _pivot(langs: Sequence[str]) -> str:
   return langs[0]
 
 
+def _same(a, b) -> bool:
+  """Two predictions agree; no prediction (no number found) agrees with nothing."""
+  return a is not None and b is not None and a == b
+
+
 def _consistency(predictions: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """Per language, the share of shared items predicted as the pivot language does; and all-languages agreement."""
   langs = sorted(predictions)
@@ -203,11 +209,12 @@ def _consistency(predictions: dict[str, dict[str, Any]]) -> dict[str, Any]:
       continue
     shared = set(predictions[lang]) & set(predictions[pivot])
     if shared:
-      same = sum(predictions[lang][i] == predictions[pivot][i] for i in shared)
+      same = sum(_same(predictions[lang][i], predictions[pivot][i]) for i in shared)
       out["per_language"][lang] = same / len(shared)
   common = set.intersection(*(set(p) for p in predictions.values()))
   if common:
-    out["all_languages"] = sum(len({predictions[l][i] for l in langs}) == 1 for i in common) / len(common)
+    out["all_languages"] = sum(all(_same(predictions[l][i], predictions[pivot][i]) for l in langs)
+                               for i in common) / len(common)
     out["items"] = len(common)
   return out
 
