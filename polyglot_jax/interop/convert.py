@@ -88,10 +88,14 @@ def _tokenizer_plan(workdir: str, config, vocab_size: int) -> list[tuple[str, st
   """(source path, name in the HF directory) of each tokenizer file to export, checked to fit the embedding.
 
   In order: the converted workdir's tokenizer/; the SentencePiece model the run
-  trained with (config.data.tokenizer; HF files beside a tokenizer.model come
-  too); the tokenizer of the init_from source.
+  trained with (config.data.tokenizer, or the demo corpus's model for
+  data.source=demo; HF files beside a tokenizer.model come too); the
+  tokenizer of the init_from source.
   """
   spm_model = config.data.tokenizer
+  if not spm_model and config.data.source == "demo":
+    from polyglot_jax.loading import find_tokenizer
+    spm_model = find_tokenizer(workdir, config) or ""
   candidates = [workdir_lib.tokenizer_dir(workdir)]
   if spm_model and os.path.isfile(spm_model):
     if os.path.basename(spm_model) != tokenizer_files.SENTENCEPIECE_FILE:
