@@ -55,7 +55,8 @@ def main() -> None:
     metric = [k for k in r if k not in ("task", "languages", "items", "first_s", "steady_s", "items_per_s")][0]
     print(f"{r['task']:>12} {r['languages']:>6} {r['items']:>6} {r['first_s']:>8} {r['steady_s']:>9} "
           f"{r['items_per_s']:>8}  {metric} {r[metric]}")
-  write_json({"command": "python -m benchmarks.eval_tasks " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+  flags = " ".join(f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items())
+  write_json({"command": f"python -m benchmarks.eval_tasks {flags}",
               "model": args.model, "devices": [str(d) for d in jax.devices()], "machine": platform.machine(),
               "cpus": os.cpu_count(), "rows": rows}, args.out)
   print(f"wrote {args.out}")
