@@ -147,11 +147,33 @@ def test_unencodable_languages_and_truncation_are_reported(trained, tmp_path):
   assert "not scored" in harness.table(results)
 
 
-def test_bad_task_names_are_one_line_errors(tmp_path, capsys):
-  from polyglot_jax import cli
+def test_bad_task_names_are_one_line_errors():
   from polyglot_jax.errors import ConfigError
   with pytest.raises(ConfigError, match="eval task 'xcopaa' is unknown"):
     harness.parse_tasks(["xcopaa=dir"])
   with pytest.raises(ConfigError, match="needs the form name=path"):
     harness.parse_tasks(["xcopa"])
   assert harness.parse_tasks(["xcopa=a,mgsm=b", "flores=c"]) == [("xcopa", "a"), ("mgsm", "b"), ("flores", "c")]
+
+
+def test_eval_with_a_language_neurons_deactivated(trained, tmp_path):
+  """--deactivate PATH:LANG scores the copy lape.deactivate makes; the base model is untouched."""
+  import polyglot_jax
+  from polyglot_jax import cli
+  from polyglot_jax.analysis import lape
+  loaded = polyglot_jax.load(trained["workdir"])
+  neurons = {"0": list(range(0, 128, 2)), "1": list(range(1, 128, 2))}
+  (tmp_path / "lape.json").write_text(json.dumps({"neurons": {"fr": neurons}}))
+  task = [("perplexity", trained["paths"]["text"])]
+  base = harness.evaluate_model(loaded.model, loaded.tokenizer, task, progress=False)
+  off = harness.evaluate_model(lape.deactivate(loaded.model, {0: neurons["0"], 1: neurons["1"]}), loaded.tokenizer,
+                               task, progress=False)
+  assert cli.main(["eval", "--model", trained["workdir"], "--out", str(tmp_path / "out"), "--tasks",
+                   f"perplexity={trained['paths']['text']}", "--deactivate", f"{tmp_path / 'lape.json'}:fr"]) == 0
+  written = json.load(open(tmp_path / "out" / "results.json"))["tasks"]["perplexity"]["per_language"]
+  for lang, row in off["perplexity"]["per_language"].items():
+    assert written[lang]["ppl"] == pytest.approx(row["ppl"], rel=1e-6)
+  # Half the neurons off changes every figure.
+  assert abs(off["perplexity"]["mean"] / base["perplexity"]["mean"] - 1) > 0.05
+  assert cli.main(["eval", "--model", trained["workdir"], "--out", str(tmp_path / "out"), "--tasks",
+                   f"perplexity={trained['paths']['text']}", "--deactivate", f"{tmp_path / 'lape.json'}:de"]) == 1

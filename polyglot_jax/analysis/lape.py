@@ -92,6 +92,35 @@ def deactivate(model, neurons: Mapping[int, Sequence[int]]):
   return copy
 
 
+def deactivate_from_file(model, spec: str):
+  """``deactivate`` with one language's neurons from a ``polyglot-jax analyze lape`` result.
+
+  Args:
+    model: a ``Decoder``.
+    spec: ``PATH:LANG``: a lape.json and a language in its ``neurons``.
+
+  Returns:
+    The deactivated copy.
+
+  Raises:
+    DataError: the file, its ``neurons`` entry or the language is missing.
+  """
+  import json
+
+  from polyglot_jax.errors import DataError
+  path, sep, lang = spec.rpartition(":")
+  if not sep or not path:
+    raise DataError(f"--deactivate '{spec}': use PATH:LANG, e.g. runs/demo/lape/lape.json:fra")
+  try:
+    with open(path, encoding="utf-8") as f:
+      neurons = json.load(f)["neurons"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataError(f"--deactivate: {path} is not a lape.json with a 'neurons' entry ({e})") from None
+  if lang not in neurons:
+    raise DataError(f"--deactivate: {path} has no neurons for '{lang}'; it has {sorted(neurons)}")
+  return deactivate(model, {int(layer): idx for layer, idx in neurons[lang].items()})
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Activation probabilities.
 

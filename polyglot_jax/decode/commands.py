@@ -16,6 +16,7 @@ SentencePiece tokenizer encodes and decodes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -51,12 +52,17 @@ def _parser(command: str, input_help: str, out_help: str) -> argparse.ArgumentPa
   parser.add_argument("--step", type=int, default=None, help="checkpoint step of a training workdir (default: newest)")
   parser.add_argument("--input", required=True, help=input_help)
   parser.add_argument("--out", required=True, help=out_help)
+  parser.add_argument("--deactivate", default="", metavar="LAPE_JSON:LANG",
+                      help="switch off one language's neurons (polyglot-jax analyze lape output)")
   return parser
 
 
 def _load(args):
   import polyglot_jax
   loaded = polyglot_jax.load(args.model, args.step)
+  if args.deactivate:
+    from polyglot_jax.analysis.lape import deactivate_from_file
+    loaded = dataclasses.replace(loaded, model=deactivate_from_file(loaded.model, args.deactivate))
   if loaded.tokenizer is None:
     raise DataError(f"{args.model} has no SentencePiece tokenizer to encode text with; train or convert a model "
                     "that ships one (tokenizer.model)")

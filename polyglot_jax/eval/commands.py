@@ -3,6 +3,7 @@
     polyglot-jax eval --model PATH --tasks xcopa=DIR mgsm=DIR flores=DIR perplexity=FILE --out DIR
         [--shots 0] [--mgsm_shots 0 --exemplars FILE] [--limit 0] [--batch_size 16]
         [--max_new_tokens 128] [--max_len 0] [--max_unknown 0.5] [--spbleu_model FILE] [--step N]
+        [--deactivate LAPE_JSON:LANG]
 
 Writes ``DIR/results.json``, ``DIR/table.txt`` and a PNG per task, and prints
 the table. Task names and their file layouts: ``polyglot_jax.eval.formats``;
@@ -26,6 +27,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--tasks", nargs="+", required=True,
                       help="name=path entries; names: " + ", ".join(sorted(harness.formats.TASK_FORMATS)))
   parser.add_argument("--out", required=True, help="folder for results.json, table.txt and the plots")
+  parser.add_argument("--deactivate", default="", metavar="LAPE_JSON:LANG",
+                      help="switch off one language's neurons (polyglot-jax analyze lape output)")
   for field in dataclasses.fields(harness.EvalOptions):
     parser.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)),
                         default=getattr(defaults, field.name))
@@ -37,9 +40,13 @@ def main(argv: list[str]) -> int:
   if loaded.tokenizer is None:
     raise DataError(f"{args.model} has no SentencePiece tokenizer to encode the tasks with; use a model that "
                     "ships one (tokenizer.model)")
-  results = harness.evaluate_model(loaded.model, loaded.tokenizer, tasks, options,
+  model = loaded.model
+  if args.deactivate:
+    from polyglot_jax.analysis.lape import deactivate_from_file
+    model = deactivate_from_file(model, args.deactivate)
+  results = harness.evaluate_model(model, loaded.tokenizer, tasks, options,
                                    max_len=int(loaded.config.data.seq_len))
-  path = harness.write(results, args.out, {"model": args.model, "step": args.step,
+  path = harness.write(results, args.out, {"model": args.model, "step": args.step, "deactivate": args.deactivate,
                                            "options": dataclasses.asdict(options)})
   print(harness.table(results), flush=True)
   print(f"wrote {path} and a plot per task", flush=True)
