@@ -2,7 +2,7 @@
 
 from polyglot_jax.objectives.base import (OBJECTIVES, FieldSpec, Metric, Objective, StepContext, config_sections,
                                           make_objective, register)
-from polyglot_jax.objectives import lm, stack  # noqa: F401  (register "lm" and "stack")
+from polyglot_jax.objectives import lm, sft, stack  # noqa: F401  (register "lm", "sft" and "stack")
 
 __all__ = ["OBJECTIVES", "FieldSpec", "Metric", "Objective", "StepContext", "config_sections", "make_objective",
            "register"]
