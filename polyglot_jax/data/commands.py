@@ -1,4 +1,11 @@
-"""``polyglot-jax data <subcommand>``: data-side reports."""
+"""``polyglot-jax data <subcommand>``: data-side reports and data makers.
+
+    polyglot-jax data mixture --config configs/demo.py
+    polyglot-jax data clean --input 'raw/*.jsonl' --output cleaned/
+    polyglot-jax data synth-math --out DIR [--n_train 2000 --n_test 100 --languages en,fr,de,ru,zh,hi --seed 0]
+    polyglot-jax data instruct --task flores=DIR --task xcopa=DIR --out FILE.jsonl [--wording english|native]
+    polyglot-jax data mapo ...  (polyglot_jax/data/mapo.py)
+"""
 
 from __future__ import annotations
 
@@ -38,6 +45,8 @@ def format_mixture(rows: list[dict], method: str, max_epochs: float | None = Non
 
 
 def main(argv: list[str], overrides: list[str]) -> int:
+  if argv and argv[0] == "mapo":
+    return _mapo(argv[1:], overrides)
   parser = argparse.ArgumentParser(prog="polyglot-jax data")
   sub = parser.add_subparsers(dest="what", required=True)
   mix = sub.add_parser("mixture", help="per-language size, rate, expected tokens and epochs of a run")
@@ -49,9 +58,32 @@ def main(argv: list[str], overrides: list[str]) -> int:
   cl.add_argument("--output", required=True, help="directory for kept.jsonl, rejected.jsonl, report.json")
   cl.add_argument("--config", default="", help="config file whose `clean` section sets the thresholds")
   cl.add_argument("--no_lid", action="store_true", help="skip language identification")
+  sm = sub.add_parser("synth-math", help="write the synthetic multilingual math testbed (QAlign/MAPO/SFT splits)")
+  sm.add_argument("--out", required=True, help="output folder")
+  sm.add_argument("--n_train", type=int, default=2000, help="training items (each in every language)")
+  sm.add_argument("--n_test", type=int, default=100, help="held-out items (test/mgsm_<lang>.tsv)")
+  sm.add_argument("--languages", default="en,fr,de,ru,zh,hi", help="comma-separated language codes")
+  sm.add_argument("--pivot", default="en", help="the language questions are translated into")
+  sm.add_argument("--ops", default="add,sub,mul,add_sub,mul_add", help="comma-separated operations")
+  sm.add_argument("--difficulty", type=int, default=2, help="number ranges: 1 (small) to 3 (large)")
+  sm.add_argument("--n_exemplars", type=int, default=4, help="few-shot exemplars per language")
+  sm.add_argument("--seed", type=int, default=0)
+  ins = sub.add_parser("instruct", help="evaluation-format data (FLORES, XCOPA, ...) as instruction records")
+  ins.add_argument("--task", action="append", required=True,
+                   help="TASK=PATH, repeatable; tasks: flores, xcopa, xnli, xstorycloze, belebele")
+  ins.add_argument("--out", required=True, help="output JSONL of instruction records")
+  ins.add_argument("--wording", default="english", help="english (xP3) or native (xP3mt): the instruction's language")
+  ins.add_argument("--pivot", default="", help="translation pivot (a FLORES file code or alias; default: English)")
+  ins.add_argument("--one_direction", action="store_true", help="translate into the pivot only")
+  sub.add_parser("mapo", help="MAPO preference data (polyglot_jax/data/mapo.py; flags: data mapo --help)",
+                 add_help=False)
   args = parser.parse_args(argv)
   if args.what == "clean":
     return _clean(args, overrides)
+  if args.what == "synth-math":
+    return _synth_math(args)
+  if args.what == "instruct":
+    return _instruct(args)
   config = config_lib.load_config(args.config, overrides)
   workdir = args.workdir or tempfile.mkdtemp(prefix="polyglot_mixture_")
   rows = mixture_report(config, workdir)
@@ -77,3 +109,41 @@ def _clean(args, overrides) -> int:
   print(format_report(report))
   print(f"wrote {args.output}/kept.jsonl, rejected.jsonl and report.json")
   return 0
+
+
+def _synth_math(args) -> int:
+  from polyglot_jax.data import synthetic_math
+  counts = synthetic_math.write_splits(
+      args.out, n_train=args.n_train, n_test=args.n_test, languages=_csv(args.languages), seed=args.seed,
+      pivot=args.pivot, ops=_csv(args.ops), difficulty=args.difficulty, n_exemplars=args.n_exemplars)
+  print(synthetic_math.format_counts(counts))
+  print(f"wrote {args.out}: qalign_stage1/2, sft_multilingual, parallel_questions, exemplars_<lang>.jsonl, "
+        "test/mgsm_<lang>.tsv, manifest.json")
+  return 0
+
+
+def _instruct(args) -> int:
+  from polyglot_jax.data import instruct
+  instruct._check_wording(args.wording)
+  records, report = instruct.build(instruct.parse_tasks(args.task), wording=args.wording,
+                                   pivot=args.pivot or None, both_directions=not args.one_direction)
+  instruct.write(records, args.out)
+  print(instruct.format_report(report, args.wording))
+  print(f"wrote {len(records)} instruction records to {args.out}")
+  return 0
+
+
+def _mapo(argv: list[str], overrides: list[str]) -> int:
+  from polyglot_jax.errors import ConfigError
+  try:
+    from polyglot_jax.data import mapo
+  except ModuleNotFoundError as e:
+    if e.name != "polyglot_jax.data.mapo":
+      raise
+    raise ConfigError("`polyglot-jax data mapo` is not in this checkout (no polyglot_jax/data/mapo.py); "
+                      "update polyglot_jax") from None
+  return mapo.main(argv + [f"--config.{o}" for o in overrides])
+
+
+def _csv(text: str) -> list[str]:
+  return [part.strip() for part in text.split(",") if part.strip()]
