@@ -17,8 +17,8 @@ import argparse
 import logging
 import sys
 
-USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean|synth-math|instruct|mapo, tokenizer train|report|extend, "
-         "convert, plan, generate, score, eval, analyze logit-lens|lape")
+USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean|synth-math|instruct|mapo, "
+         "tokenizer train|report|extend, convert, plan, generate, score, eval, analyze logit-lens|lape")
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

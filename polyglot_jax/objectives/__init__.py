@@ -3,6 +3,7 @@
 from polyglot_jax.objectives.base import (OBJECTIVES, FieldSpec, Metric, Objective, StepContext, config_sections,
                                           make_objective, register)
 from polyglot_jax.objectives import lm, sft, stack  # noqa: F401  (register "lm", "sft" and "stack")
+from polyglot_jax.objectives import dpo  # noqa: F401  (register "dpo")
 
 __all__ = ["OBJECTIVES", "FieldSpec", "Metric", "Objective", "StepContext", "config_sections", "make_objective",
            "register"]
