@@ -75,6 +75,7 @@ class EvalOptions:
   max_unknown: float = 0.5  # A language above this share of unk pieces is reported, not scored.
   spbleu_model: str = ""  # SentencePiece model for spBLEU (optional).
   samples: int = 3  # Generations kept per language in the results, for reading.
+  template: str = ""  # MGSM: render each question with this instruction template (data.records.TEMPLATES).
 
 
 def parse_tasks(entries: Sequence[str]) -> list[tuple[str, str]]:
@@ -272,21 +273,28 @@ def run_multiple_choice(scorer: Scorer, name: str, path: str, options: EvalOptio
           "shots": options.shots}
 
 
-def _mgsm_prompt(question: str) -> str:
+def _mgsm_prompt(question: str, template: str = "") -> str:
+  if template:
+    from polyglot_jax.data.records import TEMPLATES
+    return TEMPLATES[template][1].format(instruction=question)
   return f"Question: {question}\nStep-by-Step Answer:"
 
 
 def run_mgsm(scorer: Scorer, path: str, options: EvalOptions) -> dict:
+  from polyglot_jax.data.records import TEMPLATES
+  if options.template and options.template not in TEMPLATES:
+    raise ConfigError(f"eval template '{options.template}' is unknown; templates: {sorted(TEMPLATES)}")
   items = formats.read_mgsm(path)
   shots = formats.read_exemplars(options.exemplars)[:options.mgsm_shots] if options.mgsm_shots else []
   if options.mgsm_shots and len(shots) < options.mgsm_shots:
     raise ConfigError(f"mgsm_shots={options.mgsm_shots} but {options.exemplars} has {len(shots)} exemplars")
-  prefix = "".join(f"{_mgsm_prompt(q)} {a}\n\n" for q, a in shots)
+  prefix = "".join(f"{_mgsm_prompt(q, options.template)} {a}\n\n" for q, a in shots)
   groups, unencodable = _encodable(scorer, _by_lang(items), lambda x: x.question, options)
   per_lang, predictions, samples = {}, {}, {}
   for lang, all_items in groups.items():
     scored = _limit(all_items, options.limit)
-    outs = scorer.generate([scorer.encode(prefix + _mgsm_prompt(x.question)) for x in scored], MGSM_STOPS,
+    outs = scorer.generate([scorer.encode(prefix + _mgsm_prompt(x.question, options.template)) for x in scored],
+                           MGSM_STOPS,
                            options.max_new_tokens)
     preds = [answers.extract_number(o) for o in outs]
     right = [p is not None and abs(p - x.answer) < 1e-6 for p, x in zip(preds, scored)]
