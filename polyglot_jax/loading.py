@@ -105,7 +105,10 @@ def apply_init_from(config: ConfigDict, explicit: Iterable[str] = ()) -> ConfigD
   ``ARCHITECTURE_FIELDS`` entry of ``config.model`` is set from the
   checkpoint. Only a key the user set explicitly (``explicit``: dotted keys
   of command-line overrides) and that contradicts the checkpoint is an
-  error, naming the key and both values.
+  error, naming the key and both values. An empty ``config.data.tokenizer``
+  (outside the demo source, which builds its own) becomes the checkpoint's
+  SentencePiece model when it ships one: a fine-tuning run reads its data
+  with the tokenizer the model was trained with.
 
   Args:
     config: the run's config (locked); changed in place.
@@ -130,6 +133,10 @@ def apply_init_from(config: ConfigDict, explicit: Iterable[str] = ()) -> ConfigD
           raise ConfigError(f"--config.model.{key}={ours!r} contradicts config.init_from='{config.init_from}', "
                             f"whose model has {key}={value!r}; drop the flag or start from another checkpoint")
       config.model[key] = type(ours)(value) if not isinstance(ours, bool) else bool(value)
+    if not config.data.tokenizer and config.data.source != "demo":
+      found = find_tokenizer(config.init_from, saved_config(config.init_from))
+      if found:
+        config.data.tokenizer = os.path.abspath(found)
   return config
 
 

@@ -79,6 +79,10 @@ def test_train_from_a_converted_dir_needs_no_model_flags(hf_model, demo_data, tm
                                   [f"init_from={hf_model['converted']}", "model.num_layers=2"])
   loading.apply_init_from(config, ["model.num_layers"])
   assert config.model.d_model == 32
+  # A fine-tuning run on other data takes the starting model's tokenizer when it names none.
+  tune = config_lib.load_config(os.path.join(REPO, "configs", "demo.py"), [f"init_from={workdir}", "data.source=jsonl"])
+  loading.apply_init_from(tune)
+  assert tune.data.tokenizer == os.path.abspath(os.path.join(demo_data["dir"], "spm.model"))
 
 
 def test_apply_init_from_refuses_contradictions_by_key():

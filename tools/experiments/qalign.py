@@ -128,7 +128,7 @@ def main():
   if not os.path.exists(tokenizer):
     texts = [(r["instruction"], r["lang"]) for r in multi] + [(r["output"], r["lang"]) for r in multi] + \
             [(r["input"], r["lang"]) for r in stage1] + [(r["instruction"], "en") for r in stage1]
-    train_sentencepiece(texts, os.path.join(args.out, "spm"), vocab_size=vocab)
+    train_sentencepiece(texts, os.path.join(args.out, "spm"), vocab_size=vocab, hard_vocab_limit=False)
 
   base = train(args.out, "base", [base_path], "text", "lm", args.base_steps, args.lr, tokenizer, vocab)
   arms = {
