@@ -73,6 +73,13 @@ def default_config() -> ConfigDict:
   c.model.scan_layers = True  # lax.scan over stacked layers (fast compiles) or unrolled.
   c.model.remat_policy = "none"  # Per-layer rematerialisation: none | dots | full.
   c.model.attention_block = 128  # Causal attention in query blocks of this size (0: one block).
+  # Mixture of experts (docs/moe.md). 0 keeps the model dense; N > 0 makes the chosen layers' FFN N SwiGLU experts.
+  c.model.num_experts = 0
+  c.model.moe_top_k = 2  # Experts each token is sent to; their router weights are renormalised to sum to 1.
+  c.model.moe_layers = "all"  # Which layers are MoE: all | every:K (layers i with i % K == K-1) | a list "0,2,5".
+  c.model.moe_dispatch = "dropless"  # dropless (sorted tokens, grouped matmul) | capacity (fixed buffers, overflow dropped).
+  c.model.moe_capacity_factor = 1.25  # capacity dispatch: each expert holds ceil(factor * tokens * top_k / num_experts).
+  c.model.moe_shared_experts = 0  # Dense SwiGLU of width mlp_dim * this added for every token (0: none).
 
   c.mesh = ConfigDict()  # Mesh axis sizes; one may be -1 (= the rest of the devices).
   c.mesh.data = 1  # Pure data parallelism (parameters replicated).

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+# How tokens reach their experts (models/moe.py): a grouped matmul over tokens
+# sorted by expert (no token dropped), or fixed per-expert buffers (overflow dropped).
+MOE_DISPATCH = ("dropless", "capacity")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -25,6 +29,13 @@ class ModelConfig:
   scan_layers: bool = True
   remat_policy: str = "none"
   attention_block: int = 128
+  # Mixture of experts (models/moe.py); num_experts = 0 keeps every layer dense.
+  num_experts: int = 0
+  moe_top_k: int = 2
+  moe_layers: str = "all"
+  moe_dispatch: str = "dropless"
+  moe_capacity_factor: float = 1.25
+  moe_shared_experts: int = 0
 
   def __post_init__(self):
     if self.head_dim <= 0:
@@ -35,6 +46,55 @@ class ModelConfig:
           f"config.model.num_kv_heads={self.num_kv_heads}; grouped-query attention needs it")
     if self.head_dim % 2:
       raise ValueError(f"config.model.head_dim={self.head_dim} must be even for rotary embeddings")
+    if self.num_experts:
+      self._check_moe()
+
+  def _check_moe(self):
+    """One-line errors for MoE settings that cannot work."""
+    if self.num_experts < 0:
+      raise ValueError(f"config.model.num_experts={self.num_experts}; use 0 (dense) or a positive count")
+    if not 1 <= self.moe_top_k <= self.num_experts:
+      raise ValueError(f"config.model.moe_top_k={self.moe_top_k} must be in 1..config.model.num_experts={self.num_experts}")
+    if self.moe_dispatch not in MOE_DISPATCH:
+      raise ValueError(f"config.model.moe_dispatch='{self.moe_dispatch}' is unknown; use one of {list(MOE_DISPATCH)}")
+    if self.moe_dispatch == "capacity" and self.moe_capacity_factor <= 0:
+      raise ValueError(f"config.model.moe_capacity_factor={self.moe_capacity_factor} must be positive")
+    if self.moe_shared_experts < 0:
+      raise ValueError(f"config.model.moe_shared_experts={self.moe_shared_experts} must be 0 or more")
+    layers = self.moe_layer_ids()
+    if self.scan_layers and len(layers) != self.num_layers:
+      raise ValueError(
+          f"config.model.moe_layers='{self.moe_layers}' makes only some layers MoE, but scanned layers must all "
+          "be alike; set config.model.scan_layers=False or config.model.moe_layers='all'")
+
+  def moe_layer_ids(self) -> tuple[int, ...]:
+    """The indices of the MoE layers (empty for a dense model), parsed from ``moe_layers``.
+
+    Returns:
+      Sorted layer indices: "all"; "every:K" (layers i with i % K == K - 1); or a comma list "0,2,5".
+    """
+    if not self.num_experts:
+      return ()
+    spec = str(self.moe_layers).strip()
+    n = self.num_layers
+    hint = "use 'all', 'every:K' or a comma list of layer indices like '0,2,5'"
+    if spec == "all":
+      return tuple(range(n))
+    if spec.startswith("every:"):
+      try:
+        k = int(spec[len("every:"):])
+      except ValueError:
+        raise ValueError(f"config.model.moe_layers='{spec}' is not a layer spec; {hint}") from None
+      if not 1 <= k <= n:
+        raise ValueError(f"config.model.moe_layers='{spec}': K must be in 1..num_layers={n}")
+      return tuple(i for i in range(n) if i % k == k - 1)
+    try:
+      ids = sorted({int(part) for part in spec.split(",")})
+    except ValueError:
+      raise ValueError(f"config.model.moe_layers='{spec}' is not a layer spec; {hint}") from None
+    if not ids or ids[0] < 0 or ids[-1] >= n:
+      raise ValueError(f"config.model.moe_layers='{spec}' names a layer outside 0..{n - 1} (num_layers={n})")
+    return tuple(ids)
 
   @classmethod
   def from_config(cls, model: Mapping[str, Any]) -> "ModelConfig":

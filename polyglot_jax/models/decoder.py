@@ -1,7 +1,8 @@
 """Decoder-only transformer of the Llama / Qwen2 family (Flax NNX).
 
 Token embedding (tied or untied head) → N × [RMSNorm → GQA attention with
-RoPE → residual → RMSNorm → SwiGLU → residual] → RMSNorm → vocabulary logits.
+RoPE → residual → RMSNorm → SwiGLU (or a mixture of SwiGLU experts, models/moe.py,
+on the layers ``config.model.moe_layers`` names) → residual] → RMSNorm → vocabulary logits.
 Layers are stacked along a leading ``layers`` axis and run with ``lax.scan``
 when ``scan_layers`` is set (one compiled layer, fast compiles on deep
 models), or unrolled otherwise. Each layer is a remat point whose policy is
@@ -19,6 +20,7 @@ from polyglot_jax.models.attention import CACHE_AXES, Attention
 from polyglot_jax.models.config import ModelConfig
 from polyglot_jax.models.layers import RMSNorm, dtype_of, param, rope_tables
 from polyglot_jax.models.mlp import SwiGLU
+from polyglot_jax.models.moe import MoE
 
 REMAT_POLICIES = {
     # Keep every activation: fastest, most memory.
@@ -32,29 +34,46 @@ REMAT_POLICIES = {
 
 # Auxiliary outputs of ``Decoder.__call__(..., return_aux=...)``:
 #   hidden_states: [num_layers + 1, B, L, E] residual stream (embedding output, then each block's output);
-#   final_hidden: [B, L, E] the final-norm hidden states the logits are computed from.
-AUX_OUTPUTS = ("hidden_states", "final_hidden")
+#   final_hidden: [B, L, E] the final-norm hidden states the logits are computed from;
+#   router_logits: [num_moe_layers, B·L, num_experts] float32 router logits of each MoE layer;
+#   expert_load: [num_moe_layers, num_experts] fraction of (token, slot) assignments per expert (padding excluded);
+#   dropped_fraction: [num_moe_layers] fraction of assignments dropped (capacity dispatch; 0 when dropless).
+# The MoE entries have a leading dim of 0 on a dense model.
+AUX_OUTPUTS = ("hidden_states", "final_hidden", "router_logits", "expert_load", "dropped_fraction")
+MOE_AUX = ("router_logits", "expert_load", "dropped_fraction")
 
 
 class Block(nnx.Module):
+  """One decoder layer; its FFN is ``mlp`` (SwiGLU) or, in an MoE layer, ``moe`` (models/moe.py)."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, moe: bool = False):
     dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, dt, pdt, rngs)
     self.attn = Attention(cfg, rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, dt, pdt, rngs)
-    self.mlp = SwiGLU(cfg, rngs)
+    if moe:
+      self.moe = MoE(cfg, rngs)
+    else:
+      self.mlp = SwiGLU(cfg, rngs)
+
+  def ffn(self, x_BxLxE, segment_ids_BxL=None):
+    """The feed-forward half's output and its aux dict (MoE statistics; empty for a dense layer)."""
+    if hasattr(self, "moe"):
+      return self.moe(x_BxLxE, None if segment_ids_BxL is None else segment_ids_BxL != 0)
+    return self.mlp(x_BxLxE), {}
 
   def __call__(self, x_BxLxE, cos, sin, segment_ids_BxL):
+    """Returns (x_BxLxE, aux): aux holds the MoE layer's router logits and load, and is empty when dense."""
     x_BxLxE = x_BxLxE + self.attn(self.attn_norm(x_BxLxE), cos, sin, segment_ids_BxL)
-    x_BxLxE = x_BxLxE + self.mlp(self.mlp_norm(x_BxLxE))
-    return constrain(x_BxLxE, ("batch", "length", "act_embed"))
+    f_BxLxE, aux = self.ffn(self.mlp_norm(x_BxLxE), segment_ids_BxL)
+    x_BxLxE = x_BxLxE + f_BxLxE
+    return constrain(x_BxLxE, ("batch", "length", "act_embed")), aux
 
   def decode(self, x_BxSxE, cos, sin, k_cache, v_cache, start, valid_BxT):
     """The block on S new tokens with this layer's KV cache; returns (x, k_cache, v_cache)."""
     a, k_cache, v_cache = self.attn.decode(self.attn_norm(x_BxSxE), cos, sin, k_cache, v_cache, start, valid_BxT)
     x_BxSxE = x_BxSxE + a
-    x_BxSxE = x_BxSxE + self.mlp(self.mlp_norm(x_BxSxE))
+    x_BxSxE = x_BxSxE + self.ffn(self.mlp_norm(x_BxSxE))[0]
     return x_BxSxE, k_cache, v_cache
 
 
@@ -67,14 +86,15 @@ class Decoder(nnx.Module):
     self.cfg = cfg
     pdt = dtype_of(cfg.param_dtype)
     self.embedding = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), pdt, cfg.init_std)
+    moe_layers = set(cfg.moe_layer_ids())  # Scanned layers are all MoE or all dense (ModelConfig checks).
     if cfg.scan_layers:
       @nnx.split_rngs(splits=cfg.num_layers)
       @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
       def make_blocks(layer_rngs):
-        return Block(cfg, layer_rngs)
+        return Block(cfg, layer_rngs, moe=bool(moe_layers))
       self.blocks = make_blocks(rngs)
     else:
-      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+      self.blocks = nnx.List([Block(cfg, rngs, moe=i in moe_layers) for i in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype_of(cfg.dtype), pdt, rngs)
     if not cfg.tie_embeddings:
       self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt, cfg.init_std)
@@ -95,6 +115,11 @@ class Decoder(nnx.Module):
       ``h_BxLxE``, or ``(h_BxLxE, layers_NxBxLxE)`` when ``per_layer``: N = num_layers + 1,
       entry 0 the embedding output and entry i the output of block i (before the final norm).
     """
+    h, layers, _ = self._run_layers(tokens_BxL, segment_ids_BxL, positions_BxL, per_layer)
+    return (h, layers) if per_layer else h
+
+  def _run_layers(self, tokens_BxL, segment_ids_BxL, positions_BxL, per_layer: bool):
+    """(final-norm hidden, per-layer residual stream or None, MoE aux stacked over the MoE layers)."""
     cfg = self.cfg
     if segment_ids_BxL is None:
       segment_ids_BxL = jnp.ones_like(tokens_BxL)
@@ -110,30 +135,42 @@ class Decoder(nnx.Module):
 
     if cfg.remat_policy != "none":
       layer = nnx.remat(layer, policy=policy, prevent_cse=not cfg.scan_layers)
+    outs = None
     if cfg.scan_layers:
+      # A dense block's aux is {}: the scan then has no extra outputs.
       if per_layer:
-        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0),
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0, 0),
                   transform_metadata={nnx.PARTITION_NAME: "layers"})
         def run_layers_collect(block, x):
-          y = layer(block, x)
-          return y, y
-        x, stacked = run_layers_collect(self.blocks, x)
+          y, aux = layer(block, x)
+          return y, y, aux
+        x, stacked, moe_aux = run_layers_collect(self.blocks, x)
         outs = jnp.concatenate([x0[None], stacked], axis=0)
       else:
-        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0),
                   transform_metadata={nnx.PARTITION_NAME: "layers"})
         def run_layers(block, x):
           return layer(block, x)
-        x = run_layers(self.blocks, x)
+        x, moe_aux = run_layers(self.blocks, x)
     else:
       collected = [x0]
+      auxes = []
       for block in self.blocks:
-        x = layer(block, x)
+        x, aux = layer(block, x)
         collected.append(x)
+        if aux:
+          auxes.append(aux)
       if per_layer:
         outs = jnp.stack(collected)
+      moe_aux = jax.tree.map(lambda *a: jnp.stack(a), *auxes) if auxes else {}
     h = self.final_norm(x)
-    return (h, outs) if per_layer else h
+    return h, outs, moe_aux
+
+  def _empty_moe_aux(self, t: int):
+    """The MoE aux entries of a model without MoE layers (a leading dim of 0)."""
+    n = self.cfg.num_experts
+    return {"router_logits": jnp.zeros((0, t, n), jnp.float32), "expert_load": jnp.zeros((0, n), jnp.float32),
+            "dropped_fraction": jnp.zeros((0,), jnp.float32)}
 
   def logits(self, hidden_BxLxE):
     """Vocabulary logits in float32 (losses and softmax stay in float32)."""
@@ -206,7 +243,9 @@ class Decoder(nnx.Module):
       raise ValueError(f"return_aux asks for {sorted(unknown)}; the decoder gives {list(AUX_OUTPUTS)}")
     if not return_aux:
       return self.logits(self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL))
-    h, layers = self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL, per_layer=True)
-    aux = {"hidden_states": layers, "final_hidden": h}
+    h, layers, moe_aux = self._run_layers(tokens_BxL, segment_ids_BxL, positions_BxL, per_layer=True)
+    if not moe_aux and set(return_aux) & set(MOE_AUX):
+      moe_aux = self._empty_moe_aux(tokens_BxL.size)
+    aux = {"hidden_states": layers, "final_hidden": h, **moe_aux}
     return self.logits(h), {name: aux[name] for name in return_aux}
 
