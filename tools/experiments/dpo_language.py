@@ -67,6 +67,7 @@ def main():
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--lr", type=float, default=5e-4)
   parser.add_argument("--beta", type=float, default=0.1)
+  parser.add_argument("--rpo_alpha", type=float, default=0.0, help="NLL on the chosen response (RPO)")
   parser.add_argument("--n_test", type=int, default=30)
   args = parser.parse_args()
   from polyglot_jax import configs as config_lib
@@ -95,6 +96,7 @@ def main():
   config.objective = "dpo"
   config.dpo.beta = args.beta
   config.dpo.reference = "policy"
+  config.dpo.rpo_alpha = args.rpo_alpha
   config.data.source = "jsonl"
   config.data.kind = "preference"
   config.data.global_batch_size = 8
