@@ -130,6 +130,8 @@ def test_preference_rows_keep_the_pair_and_reference_logps(processor):
     assert set(out[f"{side}_lang_ids"][1][out[f"{side}_segment_ids"][1] > 0]) == {1}
   assert isinstance(kind.parse({"prompt": "p", "chosen": "a", "rejected": "b", "ref_logp_chosen": 1.0}),
                     records.Rejected)
+  same = kind.parse({"prompt": "p", "chosen": "Paris ", "rejected": "Paris"})
+  assert isinstance(same, records.Rejected) and str(same) == "chosen == rejected (nothing to prefer)"
 
 
 def test_word_groups_rows_mark_words_and_groups(processor):

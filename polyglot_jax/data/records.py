@@ -266,6 +266,8 @@ class PreferenceKind(RecordKind):
     prompt, chosen, rejected = (_text(record, k) for k in ("prompt", "chosen", "rejected"))
     if prompt is None or chosen is None or rejected is None:
       return Rejected("missing, empty or non-string 'prompt' / 'chosen' / 'rejected'")
+    if chosen.strip() == rejected.strip():
+      return Rejected("chosen == rejected (nothing to prefer)")
     refs = [record.get("ref_logp_chosen"), record.get("ref_logp_rejected")]
     if any(r is not None for r in refs) and not all(isinstance(r, (int, float)) for r in refs):
       return Rejected("'ref_logp_chosen' and 'ref_logp_rejected' must both be numbers when either is given")
