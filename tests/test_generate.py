@@ -72,12 +72,14 @@ def test_greedy_generation_on_a_sharded_mesh_matches_one_device(model):
   graphdef, state = nnx.split(model)
   with mesh_lib.activate(mesh, configs.DEFAULT_RULES):
     specs = nnx.get_partition_spec(state)
-    cache_spec = jax.jit(lambda: model.init_cache(4, 32))()[0].sharding.spec
+    cache_spec = jax.tree.leaves(jax.jit(lambda: model.init_cache(4, 32))())[0].sharding.spec
   placed = jax.tree.map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, s)), state, specs,
                         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   sharded = nnx.merge(graphdef, placed)
   assert sharded.embedding[...].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-  assert cache_spec == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor")
+  # [layers,] B, kv_heads, T, head_dim: batch over (data, fsdp), kv heads over tensor.
+  layers = (None,) if model.cfg.scan_layers else ()
+  assert cache_spec == jax.sharding.PartitionSpec(*layers, ("data", "fsdp"), "tensor")
   prompts = [[5, 17, 300, 42], [9], list(range(100, 140))]  # 3 rows: padded to the 4 batch shards.
   got = decode.generate(sharded, prompts, 6)
   assert got == decode.generate(model, prompts, 6)

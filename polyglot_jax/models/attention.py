@@ -73,13 +73,14 @@ class Attention(nnx.Module):
     out_BxLxHxD = causal_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, self.cfg.attention_block)
     return self.out(out_BxLxHxD)
 
-  def decode(self, x_BxSxE, cos, sin, k_cache_BxTxKxD, v_cache_BxTxKxD, start, valid_BxT):
+  def decode(self, x_BxSxE, cos, sin, k_cache_BxKxTxD, v_cache_BxKxTxD, start, valid_BxT):
     """Attention of S new tokens at cache slots start..start+S-1 over the cache (KV-cache decoding).
 
     Args:
       x_BxSxE: the new tokens' normalised inputs.
       cos, sin: RoPE tables of their positions.
-      k_cache_BxTxKxD, v_cache_BxTxKxD: keys and values of slots 0..T-1 (rotated keys).
+      k_cache_BxKxTxD, v_cache_BxKxTxD: keys and values of slots 0..T-1 (rotated keys), heads
+        before slots so that both attention products read them without a transpose.
       start: int32 scalar, the first new slot.
       valid_BxT: which slots hold real tokens (after this step's are written).
 
@@ -87,19 +88,25 @@ class Attention(nnx.Module):
       (output [B, S, E], updated key cache, updated value cache).
     """
     q_BxSxHxD, k_BxSxKxD, v_BxSxKxD = self.qkv(x_BxSxE, cos, sin)
-    k_cache = jax.lax.dynamic_update_slice(k_cache_BxTxKxD, k_BxSxKxD.astype(k_cache_BxTxKxD.dtype), (0, start, 0, 0))
-    v_cache = jax.lax.dynamic_update_slice(v_cache_BxTxKxD, v_BxSxKxD.astype(v_cache_BxTxKxD.dtype), (0, start, 0, 0))
+    dtype = k_cache_BxKxTxD.dtype
+    k_cache = jax.lax.dynamic_update_slice(k_cache_BxKxTxD, k_BxSxKxD.transpose(0, 2, 1, 3).astype(dtype),
+                                           (0, 0, start, 0))
+    v_cache = jax.lax.dynamic_update_slice(v_cache_BxKxTxD, v_BxSxKxD.transpose(0, 2, 1, 3).astype(dtype),
+                                           (0, 0, start, 0))
     k_cache, v_cache = (constrain(c, CACHE_AXES[1:]) for c in (k_cache, v_cache))
     b, s, h, hd = q_BxSxHxD.shape
-    t, kvh = k_cache.shape[1], k_cache.shape[2]
+    kvh, t = k_cache.shape[1], k_cache.shape[2]
+    g = h // kvh
     dt = q_BxSxHxD.dtype
-    q = (q_BxSxHxD * jnp.asarray(hd ** -0.5, dt)).reshape(b, s, kvh, h // kvh, hd)
-    logits = jnp.einsum("bskgd,btkd->bkgst", q, k_cache.astype(dt), preferred_element_type=jnp.float32)
-    causal = (start + jnp.arange(s))[:, None] >= jnp.arange(t)[None, :]
-    mask = causal[None, None, None] & valid_BxT[:, None, None, None, :].astype(bool)
+    # Queries [B, K, G·S, D]: the G heads sharing a key/value head, each over the S new tokens.
+    q = (q_BxSxHxD * jnp.asarray(hd ** -0.5, dt)).reshape(b, s, kvh, g, hd).transpose(0, 2, 3, 1, 4)
+    q = q.reshape(b, kvh, g * s, hd)
+    logits = jnp.einsum("bkqd,bktd->bkqt", q, k_cache.astype(dt), preferred_element_type=jnp.float32)
+    causal = jnp.tile((start + jnp.arange(s))[:, None] >= jnp.arange(t)[None, :], (g, 1))
+    mask = causal[None, None] & valid_BxT[:, None, None, :].astype(bool)
     probs = jax.nn.softmax(jnp.where(mask, logits, NEG_INF), axis=-1).astype(dt)
-    out = jnp.einsum("bkgst,btkd->bskgd", probs, v_cache.astype(dt)).reshape(b, s, h, hd)
-    return self.out(out), k_cache, v_cache
+    out = jnp.einsum("bkqt,bktd->bkqd", probs, v_cache.astype(dt)).reshape(b, kvh, g, s, hd)
+    return self.out(out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, hd)), k_cache, v_cache
 
   def qkv(self, x_BxLxE, cos, sin):
     """Queries, keys and values with RoPE applied: [B, L, H, D], [B, L, K, D], [B, L, K, D]."""
@@ -123,9 +130,9 @@ class Attention(nnx.Module):
     return constrain(out_BxLxE, ("batch", "length", "act_embed"))
 
 
-# Logical axes of the KV cache [layers, B, T, kv_heads, head_dim]: sharded like the
-# activations (batch over data/fsdp, kv heads over tensor).
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+# Logical axes of the KV cache [layers, B, kv_heads, T, head_dim] (one layer: without the
+# first): sharded like the activations (batch over data/fsdp, kv heads over tensor).
+CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
 
 
 def causal_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, block: int):

@@ -185,14 +185,22 @@ class Decoder(nnx.Module):
     return constrain(out_TxV.reshape(b, length, -1), ("batch", "length", "act_vocab"))
 
   def init_cache(self, batch: int, length: int):
-    """Zero key and value caches [num_layers, B, T, num_kv_heads, head_dim] in the compute dtype.
+    """Zero key and value caches in the compute dtype, [B, num_kv_heads, T, head_dim] per layer.
 
-    Under an active mesh (``mesh.activate``) the cache is sharded by the
-    logical axes ``attention.CACHE_AXES``: batch over (data, fsdp), kv heads over tensor.
+    Scanned layers get one stacked (keys, values) pair [num_layers, B, K, T, D]
+    (the scan slices it per layer); unrolled layers get a tuple of per-layer
+    (keys, values) pairs, which each decode step updates in place with no
+    slicing or re-stacking. Under an active mesh (``mesh.activate``) the cache
+    is sharded by the logical axes ``attention.CACHE_AXES``: batch over
+    (data, fsdp), kv heads over tensor.
     """
     cfg = self.cfg
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-    return tuple(constrain(jnp.zeros(shape, dtype_of(cfg.dtype)), CACHE_AXES) for _ in range(2))
+    dt = dtype_of(cfg.dtype)
+    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+    if cfg.scan_layers:
+      return tuple(constrain(jnp.zeros((cfg.num_layers,) + shape, dt), CACHE_AXES) for _ in range(2))
+    return tuple(tuple(constrain(jnp.zeros(shape, dt), CACHE_AXES[1:]) for _ in range(2))
+                 for _ in range(cfg.num_layers))
 
   def decode(self, tokens_BxS, positions_BxS, cache, start, valid_BxT):
     """Logits of S new tokens written at cache slots start..start+S-1 (prefill: S = prompt length; then 1).
@@ -200,7 +208,7 @@ class Decoder(nnx.Module):
     Args:
       tokens_BxS: int token ids.
       positions_BxS: their positions within their sequence (RoPE).
-      cache: (keys, values), each [num_layers, B, T, num_kv_heads, head_dim] (``init_cache``).
+      cache: what ``init_cache`` gives (stacked for scanned layers, per layer otherwise).
       start: int32 scalar, the first slot written.
       valid_BxT: 1 on the slots that hold real tokens, these included (left padding is 0).
 
@@ -210,21 +218,20 @@ class Decoder(nnx.Module):
     cfg = self.cfg
     cos, sin = rope_tables(positions_BxS, cfg.head_dim, cfg.rope_theta)
     x = self.embed(tokens_BxS)
-    k_all, v_all = cache
     if cfg.scan_layers:
+      k_all, v_all = cache
+
       @nnx.scan(in_axes=(0, nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0, 0),
                 transform_metadata={nnx.PARTITION_NAME: "layers"})
       def run_layers(block, x, k, v):
         return block.decode(x, cos, sin, k, v, start, valid_BxT)
       x, k_all, v_all = run_layers(self.blocks, x, k_all, v_all)
-    else:
-      ks, vs = [], []
-      for i, block in enumerate(self.blocks):
-        x, k, v = block.decode(x, cos, sin, k_all[i], v_all[i], start, valid_BxT)
-        ks.append(k)
-        vs.append(v)
-      k_all, v_all = jnp.stack(ks), jnp.stack(vs)
-    return self.logits(self.final_norm(x)), (k_all, v_all)
+      return self.logits(self.final_norm(x)), (k_all, v_all)
+    new_cache = []
+    for block, (k, v) in zip(self.blocks, cache):
+      x, k, v = block.decode(x, cos, sin, k, v, start, valid_BxT)
+      new_cache.append((k, v))
+    return self.logits(self.final_norm(x)), tuple(new_cache)
 
   def __call__(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None, return_aux: tuple[str, ...] = ()):
     """Float32 logits [B, L, V]; with ``return_aux`` also a dict of auxiliary outputs.
