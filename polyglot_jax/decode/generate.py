@@ -154,7 +154,7 @@ def _run(models, prompt_ids, max_new_tokens, temperature, top_k, top_p, stop_ids
   for i, p in enumerate(prompts):
     tokens[i, width - len(p):] = p
     lengths[i] = len(p)
-  split = [nnx.split(m) for m in models]
+  split = [nnx.split(_unrolled(m, mesh, rules)) for m in models]
   with contextlib.ExitStack() as stack:
     if mesh is not None:
       stack.enter_context(mesh_lib.activate(mesh, rules))
@@ -170,6 +170,43 @@ def _run(models, prompt_ids, max_new_tokens, temperature, top_k, top_p, stop_ids
         break
     results.append(row)
   return results
+
+
+def _unrolled(model, mesh, rules):
+  """A scanned model as an unrolled one over per-layer slices of its arrays (made once per call).
+
+  Decoding a scanned model would copy every layer's weights and cache slice
+  out of the stacked arrays at every step; slicing them once here lets each
+  step update per-layer caches in place. Models with extra per-layer state
+  (a neuron mask) decode as they are.
+  """
+  if not model.cfg.scan_layers:
+    return model
+  import dataclasses
+
+  from polyglot_jax import configs
+  from polyglot_jax.models.decoder import Decoder
+  graphdef, state = nnx.split(model)
+  pure = nnx.to_pure_dict(state)
+  blocks = pure.pop("blocks")
+  if any("neuron_mask" in path for path in _paths(blocks)):
+    return model
+  cfg = dataclasses.replace(model.cfg, scan_layers=False)
+  pure["blocks"] = {i: jax.tree.map(lambda x, i=i: x[i], blocks) for i in range(cfg.num_layers)}
+  with mesh_lib.activate(mesh if mesh is not None else mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1]),
+                         rules or configs.DEFAULT_RULES):
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(params=0)))
+  new_graphdef, new_state = nnx.split(abstract)
+  nnx.replace_by_pure_dict(new_state, pure)
+  return nnx.merge(new_graphdef, new_state)
+
+
+def _paths(tree, prefix=()):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _paths(v, prefix + (k,))
+  else:
+    yield prefix
 
 
 def _mesh_of(model):
