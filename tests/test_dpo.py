@@ -9,7 +9,9 @@ import pytest
 
 from polyglot_jax import mesh as mesh_lib
 from polyglot_jax.errors import ConfigError
-from polyglot_jax.objectives.dpo import LOSS_TYPES, preference_loss
+import inspect
+
+from polyglot_jax.objectives.dpo import LOSS_TYPES, SIMPO_GAMMA, preference_loss, preference_loss_with_margin
 
 # ---- The formulas, in NumPy (TRL's DPOTrainer / CPOTrainer / ORPOTrainer).
 
@@ -47,16 +49,30 @@ def test_preference_loss_matches_numpy(loss_type, eps):
   pc, pr = -nc * rng.uniform(0.05, 4.0, n), -nr * rng.uniform(0.05, 4.0, n)
   rc, rr = pc + rng.normal(0, 3, n), pr + rng.normal(0, 3, n)
   beta, gamma = 0.3, 0.7
-  got = preference_loss(*(np.float32(x) for x in (pc, pr, rc, rr)), loss_type=loss_type, beta=beta,
-                        label_smoothing=eps, chosen_lengths=nc, rejected_lengths=nr, simpo_gamma=gamma)
+  got = preference_loss_with_margin(*(np.float32(x) for x in (pc, pr, rc, rr)), loss_type=loss_type, beta=beta,
+                                    label_smoothing=eps, chosen_lengths=nc, rejected_lengths=nr, simpo_gamma=gamma)
   want = numpy_preference_loss(pc, pr, rc, rr, loss_type, beta, eps, nc, nr, gamma)
   for g, w in zip(got, want):
     np.testing.assert_allclose(np.asarray(g), w, rtol=2e-5, atol=2e-5)
+  # The public function as written: SimPO's margin is SIMPO_GAMMA.
+  plain = preference_loss(*(np.float32(x) for x in (pc, pr, rc, rr)), loss_type=loss_type, beta=beta,
+                          label_smoothing=eps, chosen_lengths=nc, rejected_lengths=nr)
+  want = numpy_preference_loss(pc, pr, rc, rr, loss_type, beta, eps, nc, nr, SIMPO_GAMMA)
+  for g, w in zip(plain, want):
+    np.testing.assert_allclose(np.asarray(g), w, rtol=2e-5, atol=2e-5)
   # Reference-free types ignore the reference.
   if loss_type in ("simpo", "orpo"):
-    again = preference_loss(np.float32(pc), np.float32(pr), None, None, loss_type=loss_type, beta=beta,
-                            label_smoothing=eps, chosen_lengths=nc, rejected_lengths=nr, simpo_gamma=gamma)
+    again = preference_loss_with_margin(np.float32(pc), np.float32(pr), None, None, loss_type=loss_type, beta=beta,
+                                        label_smoothing=eps, chosen_lengths=nc, rejected_lengths=nr, simpo_gamma=gamma)
     np.testing.assert_array_equal(np.asarray(again[0]), np.asarray(got[0]))
+
+
+def test_preference_loss_signature_as_written():
+  params = inspect.signature(preference_loss).parameters
+  assert list(params) == ["policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps",
+                          "loss_type", "beta", "label_smoothing", "chosen_lengths", "rejected_lengths"]
+  assert [p.default for p in params.values()][6:] == [0.0, None, None]
+  assert all(params[k].kind == inspect.Parameter.KEYWORD_ONLY for k in list(params)[4:])
 
 
 def test_preference_loss_edge_cases():
@@ -229,7 +245,15 @@ def test_precomputed_reference_logps_equal_the_live_reference(trained, make_conf
   np.testing.assert_allclose(o0["loss_sum"] / 8, np.log(2.0), atol=1e-5)
   np.testing.assert_allclose([o0["chosen_reward_sum"], o0["rejected_reward_sum"]], 0.0, atol=1e-4)
 
-  # A pair without reference log-probs is never scored against 0: the loss is NaN and the pair counted.
+  # Records without reference log-probs are rejected and counted when the data is read.
+  partial = root / "pairs_partial.jsonl"
+  write_pairs(partial, [refs[0], None, refs[2], refs[3]])
+  from polyglot_jax.data.backends import make_data
+  data = make_data(dpo_config(make_config, partial, dpo__reference="precomputed"), str(root / "partial"))
+  reasons = {reason: n for reason, n in data.rejected.items() if "ref_logp_chosen" in reason}
+  # 4 of 16 lines lack them, read twice (the file is both the train and the eval file).
+  assert list(reasons.values()) == [8] and "polyglot-jax score" in next(iter(reasons)), data.rejected
+  # As a backstop, a pair that reaches the step without them is never scored against 0: NaN loss, counted.
   o_missing = pre_sums(params1, dict(batch, has_ref_logp=np.where(np.arange(8) == 3, 0, 1).astype(np.int32)))
   assert np.isnan(o_missing["loss_sum"]) and o_missing["missing_ref_logp"] == 1.0
 

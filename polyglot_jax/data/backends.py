@@ -25,6 +25,7 @@ def make_data(config: ConfigDict, workdir: str) -> Data:
   streams = objective_class(config).stream_configs(config)
   if list(streams) != [""]:
     return _interleaved(streams, workdir)
+  config = streams[""]  # The objective may read its records as a stricter kind (e.g. scored_preference).
   backend, kind = config.data.backend, config.data.kind
   records_lib.get_kind(kind)  # An unknown kind is named before anything is read.
   if backend == "seqio" and kind != "text":

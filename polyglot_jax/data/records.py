@@ -15,7 +15,8 @@ Kinds and their JSONL records:
 - ``preference``: ``{"prompt", "chosen", "rejected", "lang"}`` plus optional
   precomputed reference log-probs ``ref_logp_chosen`` / ``ref_logp_rejected``;
   a pair stays together in one row (chosen_* and rejected_* fields), prompt
-  masked.
+  masked. ``scored_preference``: the same, with the two log-probs required
+  (what DPO reads with a precomputed reference).
 - ``word_pairs``: ``{"src_text", "tgt_text", "src_lang", "tgt_lang"}`` and
   ``word_groups``: ``{"words": [{"text", "lang"}, ...]}`` (dictionaries);
   each word is its own segment, a pair or group stays in one row, and
@@ -299,6 +300,23 @@ class PreferenceKind(RecordKind):
     return {k: np.asarray(v, specs[k].dtype).reshape((len(contents),) + specs[k].shape) for k, v in out.items()}
 
 
+class ScoredPreferenceKind(PreferenceKind):
+  """Preference records that must carry precomputed reference log-probs.
+
+  The DPO objective reads this kind in place of ``preference`` when
+  ``config.dpo.reference = "precomputed"`` (its ``stream_configs``), so a
+  record without ``ref_logp_chosen`` / ``ref_logp_rejected`` is rejected and
+  counted with its file:line when the data is read, not found at train time.
+  """
+
+  def parse(self, record):
+    content = super().parse(record)
+    if not isinstance(content, Rejected) and content[3] is None:
+      return Rejected("no 'ref_logp_chosen' / 'ref_logp_rejected' (config.dpo.reference=precomputed): add them "
+                      "with `polyglot-jax score`, or set config.dpo.reference=policy")
+    return content
+
+
 class WordsKind(RecordKind):
   """Dictionary words: each word a segment; a pair or group stays in one row.
 
@@ -377,6 +395,7 @@ register_kind(TextKind("text", ("text", "lang")))
 register_kind(InstructionKind("instruction", ("instruction", "output", "lang")))
 register_kind(ChatKind("chat", ("messages", "lang")))
 register_kind(PreferenceKind("preference", ("prompt", "chosen", "rejected", "lang")))
+register_kind(ScoredPreferenceKind("scored_preference", ("prompt", "chosen", "rejected", "lang")))
 register_kind(WordsKind("word_pairs", ("src_text", "tgt_text", "src_lang", "tgt_lang")))
 register_kind(WordsKind("word_groups", ("words",)))
 

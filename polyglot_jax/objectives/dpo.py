@@ -15,12 +15,12 @@ The reference model (``config.dpo.reference``):
   ``config.init_from``), kept in ``TrainState.extra["reference"]``, sharded
   like the policy and checkpointed; a second forward pass scores the pair.
 - ``precomputed``: the batch's ``ref_logp_chosen`` / ``ref_logp_rejected``
-  (written into the JSONL records, e.g. with ``polyglot-jax score``). A pair
-  without them (``has_ref_logp == 0``) is never scored against 0: it makes
-  the step's loss NaN, so the update is skipped and the run stops after
-  ``optimizer.max_consecutive_skips`` such steps; ``missing_ref_logp``
-  counts those pairs (visible in evaluation rows, and in training rows of
-  any step that was not skipped).
+  (written into the JSONL records, e.g. with ``polyglot-jax score``). The
+  records are read as kind ``scored_preference``: one without them is
+  rejected and counted with its file:line when the data is read. As a
+  backstop, a pair that still has none (``has_ref_logp == 0``) is never
+  scored against 0: it makes the step's loss NaN, so the update is skipped;
+  ``missing_ref_logp`` counts those pairs.
 - ``none``: reference-free; only ``simpo`` and ``orpo``. Those two ignore
   the setting altogether (no copy is made, no precomputed values are read).
 
@@ -71,10 +71,28 @@ def _log1mexp(x):
   return jnp.log(-jnp.expm1(jnp.minimum(x, -1e-7)))
 
 
+SIMPO_GAMMA = 0.5  # SimPO's target reward margin γ when none is given (TRL's CPOConfig default).
+
+
 def preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
                     loss_type: str, beta: float, label_smoothing: float = 0.0, chosen_lengths=None,
-                    rejected_lengths=None, simpo_gamma: float = 0.5):
-  """Per-pair preference losses and implicit rewards (TRL's formulas).
+                    rejected_lengths=None):
+  """Per-pair preference losses and implicit rewards (TRL's formulas); SimPO with γ = ``SIMPO_GAMMA``.
+
+  ``preference_loss_with_margin`` is the same function with SimPO's γ as an
+  argument (the objective passes ``config.dpo.simpo_gamma`` there); see its
+  docstring for the formulas, arguments and return values.
+  """
+  return preference_loss_with_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                     ref_rejected_logps, loss_type=loss_type, beta=beta,
+                                     label_smoothing=label_smoothing, chosen_lengths=chosen_lengths,
+                                     rejected_lengths=rejected_lengths, simpo_gamma=SIMPO_GAMMA)
+
+
+def preference_loss_with_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                                *, loss_type: str, beta: float, label_smoothing: float = 0.0, chosen_lengths=None,
+                                rejected_lengths=None, simpo_gamma: float = SIMPO_GAMMA):
+  """Per-pair preference losses and implicit rewards (TRL's formulas), with SimPO's margin γ as an argument.
 
   With policy log-probs ``π_c, π_r`` and reference log-probs ``ρ_c, ρ_r``
   (per-pair sums over completion tokens), ``h = (π_c − π_r) − (ρ_c − ρ_r)``,
@@ -191,7 +209,7 @@ class PreferenceOptimisation(Objective):
     c.loss_type = "sigmoid"
     c.beta = 0.1  # Inverse temperature β: how far the policy may move from the reference.
     c.label_smoothing = 0.0  # ε in [0, 0.5): assumed rate of flipped preference labels (sigmoid, robust, simpo).
-    c.simpo_gamma = 0.5  # SimPO's target reward margin γ.
+    c.simpo_gamma = SIMPO_GAMMA  # SimPO's target reward margin γ.
     c.rpo_alpha = 0.0  # Weight α of an added per-token NLL of the chosen response (RPO); 0 adds none.
     # Reference log-probs: "policy" (a frozen copy of the starting parameters), "precomputed" (the
     # records' ref_logp_chosen / ref_logp_rejected) or "none" (simpo / orpo, which ignore this key).
@@ -223,6 +241,18 @@ class PreferenceOptimisation(Objective):
     if self.reference == "precomputed":
       metrics["missing_ref_logp"] = Metric("missing_ref_logp")
     self.metrics = metrics
+
+  @classmethod
+  def stream_configs(cls, config):
+    """With a precomputed reference the records are read as ``scored_preference`` (log-probs required)."""
+    s = config.dpo
+    if s.reference != "precomputed" or s.loss_type in REFERENCE_FREE or config.data.kind != "preference":
+      return {"": config}
+    from polyglot_jax import configs as config_lib
+    scored = config_lib.config_from_dict(config.to_dict())
+    with scored.unlocked():
+      scored.data.kind = "scored_preference"
+    return {"": scored}
 
   def batch_spec(self):
     length = self.config.data.seq_len
@@ -261,7 +291,7 @@ class PreferenceOptimisation(Objective):
       missing_B = real_B & (batch["has_ref_logp"] == 0)
     # Padding rows get harmless stand-in log-probs (orpo's log(1 - e^0) would be -inf, its gradient NaN).
     safe = lambda x: jnp.where(real_B, x, -1.0)  # noqa: E731
-    losses_B, chosen_rewards_B, rejected_rewards_B = preference_loss(
+    losses_B, chosen_rewards_B, rejected_rewards_B = preference_loss_with_margin(
         safe(pi_c), safe(pi_r), None if ref_c is None else safe(ref_c), None if ref_r is None else safe(ref_r),
         loss_type=s.loss_type, beta=s.beta, label_smoothing=s.label_smoothing, chosen_lengths=n_c,
         rejected_lengths=n_r, simpo_gamma=s.simpo_gamma)
