@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean|synth-math|instruct|mapo, "
+USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean|synth-math|instruct|mapo|dictionary, "
          "tokenizer train|report|extend, convert, plan, generate, score, eval, analyze logit-lens|lape")
 
 

@@ -5,6 +5,9 @@
     polyglot-jax data synth-math --out DIR [--n_train 2000 --n_test 100 --languages en,fr,de,ru,zh,hi --seed 0]
     polyglot-jax data instruct --task flores=DIR --task xcopa=DIR --out FILE.jsonl [--wording english|native]
     polyglot-jax data mapo ...  (polyglot_jax/data/mapo.py)
+    polyglot-jax data dictionary build --source cldr|muse|tsv|jsonl [--input PATH ...] --languages en,fr,de
+        --out FILE.jsonl [--format pairs|groups] [--tokenizer spm.model] [--categories territory,month,...]
+    polyglot-jax data dictionary stats --input FILE.jsonl [--tokenizer spm.model]
 """
 
 from __future__ import annotations
@@ -75,6 +78,16 @@ def main(argv: list[str], overrides: list[str]) -> int:
   ins.add_argument("--wording", default="english", help="english (xP3) or native (xP3mt): the instruction's language")
   ins.add_argument("--pivot", default="", help="translation pivot (a FLORES file code or alias; default: English)")
   ins.add_argument("--one_direction", action="store_true", help="translate into the pivot only")
+  dic = sub.add_parser("dictionary", help="word dictionaries for PreAlign: build one, or count and check coverage")
+  dic.add_argument("action", choices=("build", "stats"))
+  dic.add_argument("--source", default="", help="build: cldr (babel's CLDR names), muse, tsv or jsonl")
+  dic.add_argument("--input", action="append", default=[], help="a dictionary file, repeatable (not for cldr)")
+  dic.add_argument("--languages", default="", help="comma-separated codes; each must end with a usable pair")
+  dic.add_argument("--out", default="", help="build: output JSONL of word_pairs or word_groups records")
+  dic.add_argument("--format", default="", help="build: pairs or groups (default: the source's own)")
+  dic.add_argument("--tokenizer", default="", help="sentencepiece model: reject words it maps to nothing; coverage")
+  dic.add_argument("--categories", default="", help="cldr: comma-separated of territory,language,script,currency,"
+                   "month,weekday (default: all)")
   sub.add_parser("mapo", help="MAPO preference data (polyglot_jax/data/mapo.py; flags: data mapo --help)",
                  add_help=False)
   args = parser.parse_args(argv)
@@ -84,6 +97,8 @@ def main(argv: list[str], overrides: list[str]) -> int:
     return _synth_math(args)
   if args.what == "instruct":
     return _instruct(args)
+  if args.what == "dictionary":
+    return _dictionary(args)
   config = config_lib.load_config(args.config, overrides)
   workdir = args.workdir or tempfile.mkdtemp(prefix="polyglot_mixture_")
   rows = mixture_report(config, workdir)
@@ -130,6 +145,28 @@ def _instruct(args) -> int:
   instruct.write(records, args.out)
   print(instruct.format_report(report, args.wording))
   print(f"wrote {len(records)} instruction records to {args.out}")
+  return 0
+
+
+def _dictionary(args) -> int:
+  from polyglot_jax.data import dictionaries
+  from polyglot_jax.errors import ConfigError
+  processor = dictionaries.load_processor(args.tokenizer) if args.tokenizer else None
+  if args.action == "stats":
+    if not args.input:
+      raise ConfigError("data dictionary stats needs --input FILE.jsonl (repeatable)")
+    entries, report = dictionaries.build("jsonl", args.input, _csv(args.languages))
+    print(dictionaries.format_report(report))
+    print(dictionaries.format_stats(dictionaries.stats(entries, processor)))
+    return 0
+  if not args.out:
+    raise ConfigError("data dictionary build needs --out FILE.jsonl")
+  entries, report = dictionaries.build(args.source, args.input, _csv(args.languages), _csv(args.categories),
+                                       processor, args.format or None)
+  dictionaries.write_jsonl(entries, args.out)
+  print(dictionaries.format_report(report))
+  print(dictionaries.format_stats(dictionaries.stats(entries, processor)))
+  print(f"wrote {len(entries)} entries to {args.out}")
   return 0
 
 
