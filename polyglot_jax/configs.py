@@ -133,6 +133,13 @@ def default_config() -> ConfigDict:
   c.data.mixture.alpha = 0.3  # temperature: p ∝ tokens^alpha (mT5: 0.3).
   c.data.mixture.max_epochs = 1.0  # unimax: no language repeats more often than this.
   c.data.mixture.weights = ()  # weights: (("eng", 1.0), ("swa", 3.0), ...); unlisted languages get 0.
+  # Input-only code-switching of text records (PreAlign; data/codeswitch.py, docs/data.md): a dictionary
+  # word of the input is replaced by a translation while the labels keep the original word.
+  c.data.code_switch = ConfigDict()
+  c.data.code_switch.rate = 0.0  # Probability that a dictionary word is switched; 0 = off (PreAlign: 0.05).
+  c.data.code_switch.dictionary = ""  # word_pairs / word_groups JSONL file of translations; needed when rate > 0.
+  c.data.code_switch.target_languages = ()  # Languages translations may be in, e.g. ("deu", "swa"); empty = any.
+  c.data.code_switch.seed = 0  # Seed of the switch draws; with each document's identity it fixes every switch.
 
   c.optimizer = ConfigDict()
   c.optimizer.learning_rate = 3e-4  # Peak learning rate.
@@ -360,6 +367,12 @@ def validate(config: ConfigDict) -> None:
     raise ConfigError(f"config.data.open_rows={d.open_rows}; keep at least 1 row open")
   if d.on_host_change not in ("error", "restart"):
     raise ConfigError(f"config.data.on_host_change='{d.on_host_change}'; use error or restart")
+  cs = d.code_switch
+  if not 0.0 <= cs.rate <= 1.0:
+    raise ConfigError(f"config.data.code_switch.rate={cs.rate}; use a probability in [0, 1] (0 turns it off)")
+  if cs.rate > 0 and not cs.dictionary:
+    raise ConfigError(f"config.data.code_switch.rate={cs.rate} needs config.data.code_switch.dictionary (a "
+                      "word_pairs or word_groups JSONL file); set it, or set the rate to 0")
 
 
 def to_json(config: ConfigDict) -> str:

@@ -4,7 +4,7 @@
     mixed     = MapDataset.mix(languages, document weights)             (deterministic interleave)
     this host = mixed[process_index::process_count]                     (disjoint shards)
     tokens    = .map(SentencePiece) → IterDataset (threads or worker processes)
-    rows      = stream.StreamBatches (packing with segment_ids, positions, lang_ids)
+    rows      = stream.StreamBatches (code-switching when on, packing with segment_ids, positions, lang_ids)
 
 Everything before packing is indexable, so a host's place in its stream is
 one integer: resuming opens ``shard[position:]`` without reading anything
@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from polyglot_jax.data import codeswitch
 from polyglot_jax.data import languages as langs
 from polyglot_jax.data import records
 from polyglot_jax.data.dataset import (Data, document_weights, held_out_batches, language_rates,
@@ -146,10 +147,12 @@ def make_data(config: ConfigDict, workdir: str) -> Data:
                  "weights": {c: round(w, 12) for c, w in weights.items()}}
   if d.kind != "text":  # Absent for text, so that checkpoints of earlier versions still resume.
     fingerprint["kind"] = d.kind
+  # Code-switching (text only) happens as documents leave the stream (stream.py), named by their place in it.
+  switcher = codeswitch.from_config(config, processor, languages)
   if kind.packable:
     train = stream.StreamBatches(opener, d.seq_len, local_batch_size(config), processor.bos_id(),
                                  processor.eos_id(), max(processor.pad_id(), 0), fingerprint, d.on_host_change,
-                                 packing=d.packing, open_rows=d.open_rows)
+                                 packing=d.packing, open_rows=d.open_rows, code_switch=switcher)
   else:
     train = stream.RecordRowBatches(opener, lambda content, lang: kind.rows([content], processor, lang, d.seq_len,
                                                                             options),

@@ -3,7 +3,9 @@
 A document is ``[bos] + tokens + [eos]``; its inputs are all but the last
 token and its targets all but the first, and each target carries a loss
 weight (1 for text; 0 on masked prompt tokens of instruction records). A
-document longer than a row is cut into row-sized pieces. Fields of a row
+document may also carry its own target of each token (code-switching,
+data/codeswitch.py: the position before a switched word still predicts the
+original word). A document longer than a row is cut into row-sized pieces. Fields of a row
 (``TEXT_FIELDS``):
 
 - ``segment_ids``: 1, 2, ... per piece in the row; 0 marks padding.
@@ -30,8 +32,8 @@ from polyglot_jax.objectives.base import TEXT_FIELDS
 PACKING_MODES = ("greedy", "best_fit")
 
 
-def document_pieces(tokens, bos_id: int, eos_id: int, seq_len: int, token_weights=None,
-                    start: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+def document_pieces(tokens, bos_id: int, eos_id: int, seq_len: int, token_weights=None, start: int = 0,
+                    token_targets=None) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
   """(start, inputs, targets, weights) of each row-sized piece of one document, from ``start`` on.
 
   Args:
@@ -39,14 +41,28 @@ def document_pieces(tokens, bos_id: int, eos_id: int, seq_len: int, token_weight
     token_weights: loss weight of each token as a target (None: all 1); the eos
       target has weight 1.
     start: first input position to emit (the streaming resume offset).
+    token_targets: the target that stands in for each token (None: the token
+      itself); position i of the inputs predicts ``token_targets[i]``, the last
+      position predicts eos.
+
+  Returns:
+    An iterator of (input offset of the piece, inputs, targets, weights).
   """
   seq = np.concatenate([[bos_id], np.asarray(tokens, np.int64), [eos_id]])
   weights = np.ones(len(seq) - 1, np.int64)
   if token_weights is not None:
     weights[:len(tokens)] = np.asarray(token_weights, np.int64)
   inputs, targets = seq[:-1], seq[1:]
+  if token_targets is not None:
+    targets = targets.copy()
+    targets[:len(tokens)] = np.asarray(token_targets, np.int64)
   for s in range(start, len(inputs), seq_len):
     yield s, inputs[s:s + seq_len], targets[s:s + seq_len], weights[s:s + seq_len]
+
+
+def document_parts(doc: tuple) -> tuple:
+  """(tokens, lang, token weights or None, token targets or None) of a document tuple of 2 to 4 items."""
+  return doc[0], doc[1], doc[2] if len(doc) > 2 else None, doc[3] if len(doc) > 3 else None
 
 
 def empty_row(seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
@@ -101,8 +117,9 @@ def pack_documents(docs: Iterable[tuple], seq_len: int, bos_id: int, eos_id: int
   """Packs documents into rows of ``seq_len``.
 
   Args:
-    docs: iterable of (token ids without bos/eos, language id) or
-      (token ids, language id, per-token loss weights).
+    docs: iterable of (token ids without bos/eos, language id), optionally
+      followed by per-token loss weights (or None) and per-token targets
+      (``document_parts``).
     seq_len: tokens per row.
     bos_id, eos_id, pad_id: special token ids.
     mode: "greedy" (rows in document order) or "best_fit" (least padding).
@@ -115,9 +132,9 @@ def pack_documents(docs: Iterable[tuple], seq_len: int, bos_id: int, eos_id: int
   if mode == "best_fit":
     packer = BestFitRows(seq_len, pad_id)
     for doc in docs:
-      tokens, lang = doc[0], doc[1]
-      for _, inputs, targets, weights in document_pieces(tokens, bos_id, eos_id, seq_len,
-                                                         doc[2] if len(doc) > 2 else None):
+      tokens, lang, token_weights, token_targets = document_parts(doc)
+      for _, inputs, targets, weights in document_pieces(tokens, bos_id, eos_id, seq_len, token_weights,
+                                                         token_targets=token_targets):
         packer.add(inputs, targets, weights, lang)
     rows = packer.rows
   else:
@@ -138,9 +155,9 @@ def greedy_rows(docs: Iterable[tuple[tuple, int]], seq_len: int, bos_id: int, eo
   row, fill, segment = empty_row(seq_len, pad_id), 0, 0
   position = 0
   for doc, offset in docs:
-    tokens, lang = doc[0], doc[1]
-    for start, inputs, targets, weights in document_pieces(tokens, bos_id, eos_id, seq_len,
-                                                           doc[2] if len(doc) > 2 else None, offset):
+    tokens, lang, token_weights, token_targets = document_parts(doc)
+    for start, inputs, targets, weights in document_pieces(tokens, bos_id, eos_id, seq_len, token_weights, offset,
+                                                           token_targets):
       if fill + len(inputs) > seq_len:
         yield row, (position, start)
         row, fill, segment = empty_row(seq_len, pad_id), 0, 0

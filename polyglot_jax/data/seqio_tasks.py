@@ -16,8 +16,9 @@ Each task tokenizes "text" into ``targets`` with a ``seqio.SentencePieceVocabula
 and adds ``lang_ids``. The Mixture samples documents with weights = token
 rate / mean document length. Packing (segment_ids, positions, per-token
 lang_ids) is the shared ``stream.StreamBatches``, so batches have exactly
-the fields of the other dataset. Held-out perplexity uses the same tasks'
-validation splits, one language at a time.
+the fields of the other dataset; code-switching (``config.data.code_switch``)
+is applied there too, as documents leave the stream. Held-out perplexity uses
+the same tasks' validation splits, one language at a time.
 
 Resume: tf.data pipelines are deterministic given the seed; a host's state
 is how many documents of its stream it has packed (plus the offset inside
@@ -36,7 +37,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from polyglot_jax.data import dataset, doc_index
+from polyglot_jax.data import codeswitch, dataset, doc_index
 from polyglot_jax.data import languages as langs
 from polyglot_jax.data import in_memory
 from polyglot_jax.data.jsonl import DataError, expand_files
@@ -267,9 +268,11 @@ def make_data(config: ConfigDict, workdir: str) -> dataset.Data:
   fingerprint = {"backend": "seqio", "languages": list(languages), "seq_len": d.seq_len,
                  "global_batch_size": d.global_batch_size, "shuffle_seed": d.shuffle_seed,
                  "tfds_name": d.tfds_name, "weights": {c: round(w, 12) for c, w in weights.items()}}
+  # Code-switching happens as documents leave the stream (stream.py), named by their place in it.
+  switcher = codeswitch.from_config(config, processor, languages)
   train = stream.StreamBatches(open_stream, d.seq_len, dataset.local_batch_size(config), processor.bos_id(),
                                processor.eos_id(), max(processor.pad_id(), 0), fingerprint, d.on_host_change,
-                               packing=d.packing, open_rows=d.open_rows)
+                               packing=d.packing, open_rows=d.open_rows, code_switch=switcher)
   held_out = _held_out(config, tasks, languages, processor)
   logging.info("seqio data: tasks %s; document weights %s", sorted(tasks.values()),
                {c: f"{w:.3g}" for c, w in weights.items()})
