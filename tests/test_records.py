@@ -140,7 +140,10 @@ def test_word_groups_rows_mark_words_and_groups(processor):
             kind.parse({"words": [{"text": "house", "lang": "en"}, {"text": "Haus", "lang": "de"}]})]
   out = kind.rows(groups, processor, 0, 32, options())
   assert out["word_groups"].shape == (1, 16)
-  np.testing.assert_array_equal(out["word_groups"][0][:5], [1, 1, 2, 2, -1])
+  # A group's id is a hash of its words: one id per group, the same for any backend or run.
+  ids = [records.group_hash(g) for g in groups]
+  assert ids[0] != ids[1] and ids == [records.group_hash([tuple(w) for w in g]) for g in groups]
+  np.testing.assert_array_equal(out["word_groups"][0][:5], [ids[0], ids[0], ids[1], ids[1], -1])
   word_ids = out["word_ids"][0]
   for word, (text, lang) in enumerate([("water", 0), ("Wasser", 1), ("house", 0), ("Haus", 1)], 1):
     sel = word_ids == word

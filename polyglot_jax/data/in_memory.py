@@ -12,6 +12,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from polyglot_jax import configs as config_lib
+from polyglot_jax.data import codeswitch
 from polyglot_jax.data import languages as langs
 from polyglot_jax.data import mixing
 from polyglot_jax.data import records as records_lib
@@ -29,6 +30,8 @@ class TextData:
   rejected: Counter
   train_tokens: dict[str, int]  # Target tokens per language in the training rows.
   rates: dict[str, float]  # Mixture sampling rate per language.
+  # Code-switched words in the training rows per (document language, translation language); empty when off.
+  switch_counts: Counter = dataclasses.field(default_factory=Counter)
 
 
 def demo_paths(config: ConfigDict, workdir: str) -> tuple[str, str, str]:
@@ -94,22 +97,30 @@ def load_text_data(config: ConfigDict, workdir: str) -> TextData:
                     f"point config.data.train_files at JSONL files of {list(records_lib.get_kind(d.kind).keys)} records")
   eval_records, eval_rejected = records_lib.read_records(eval_files, d.kind) if eval_files else ([], Counter())
   rejected.update(eval_rejected)
+  kind = records_lib.get_kind(d.kind)
+  # Dictionary records hold words of several languages; each needs a language id.
+  inside = set().union(*(kind.content_languages(c) for c, _ in train_records + eval_records))
   if d.languages:
     languages = tuple(langs.resolve(code) for code in d.languages)
   else:
-    languages = tuple(sorted({lang for _, lang in train_records}))
+    languages = tuple(sorted({lang for _, lang in train_records} | inside))
   ids = {code: i for i, code in enumerate(languages)}
-  missing = sorted({lang for _, lang in train_records + eval_records} - set(ids))
+  missing = sorted(({lang for _, lang in train_records + eval_records} | inside) - set(ids))
   if missing:
     raise DataError(f"the data has languages {missing} that config.data.languages={list(d.languages)} does not list; add them")
-  empty = [code for code in languages if not any(lang == code for _, lang in train_records)]
+  empty = [code for code in languages if not any(lang == code for _, lang in train_records) and code not in inside]
   if empty and d.mixture.method != "weights":
     raise DataError(f"config.data.languages names {empty} but the training files have no text in them")
   # Records are packed one language at a time, so each row is one language: the
   # mixture then picks rows by language, and held-out metrics split cleanly.
+  # Held-out rows stay natural text: only the training rows are code-switched.
   options = records_lib.RowOptions(d.packing, d.template, ids)
-  train_rows = pack_by_language(train_records, processor, ids, languages, d.seq_len, 0, d.kind, options)
+  switcher = codeswitch.from_config(config, processor, languages)
+  train_options = records_lib.RowOptions(d.packing, d.template, ids, switcher)
+  train_rows = pack_by_language(train_records, processor, ids, languages, d.seq_len, 0, d.kind, train_options)
   eval_rows = pack_by_language(eval_records, processor, ids, languages, d.seq_len, d.eval_max_rows, d.kind, options)
+  if switcher is not None:
+    logging.info("code-switching in the training rows: %s", codeswitch.summary(train_options.switch_counts))
   row_lang = train_rows[ROW_LANG]
   weights = _row_weights(train_rows)
   train_tokens = {code: int(weights[row_lang == i].sum()) for i, code in enumerate(languages)}
@@ -120,7 +131,8 @@ def load_text_data(config: ConfigDict, workdir: str) -> TextData:
     raise DataError(f"config.data.mixture: {e}") from None
   logging.info("data: %d languages, %d training rows, %d held-out rows of %d tokens (kind %s, packing %s)",
                len(languages), num_rows(train_rows), num_rows(eval_rows), d.seq_len, d.kind, d.packing)
-  return TextData(processor, languages, train_rows, eval_rows, rejected, train_tokens, rates)
+  return TextData(processor, languages, train_rows, eval_rows, rejected, train_tokens, rates,
+                  train_options.switch_counts)
 
 
 def _rejections(rejected: Counter) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import zlib
 from collections import Counter
 from typing import Any, ClassVar, Sequence
 
@@ -44,10 +45,16 @@ KINDS: dict[str, "RecordKind"] = {}
 
 @dataclasses.dataclass
 class RowOptions:
-  """What row making needs beyond the records: config.data.packing / template, language code → id."""
+  """What row making needs beyond the records: config.data.packing / template, language code → id.
+
+  ``code_switch`` (a ``codeswitch.CodeSwitcher``, text records only) switches
+  dictionary words before packing; its switches are added up in ``switch_counts``.
+  """
   packing: str
   template: str
   language_ids: dict
+  code_switch: Any = None
+  switch_counts: Counter = dataclasses.field(default_factory=Counter)
 
 # Instruction templates: (prompt with {instruction} and {input}, prompt without input).
 TEMPLATES = {
@@ -110,6 +117,11 @@ class RecordKind:
   def language(self, record: dict) -> Any:
     return record.get("lang")
 
+  def content_languages(self, content) -> set:
+    """Languages inside a record besides its own (each word's, for dictionaries): they need language ids too."""
+    del content
+    return set()
+
   def encode(self, content, processor, template: str) -> tuple[list[int], list[int] | None]:
     """A packable record's (token ids, per-token loss weights or None for all 1)."""
     raise NotImplementedError(f"record kind '{self.name}' is not packable")
@@ -144,8 +156,16 @@ class TextKind(RecordKind):
 
   def rows(self, contents, processor, lang_id, seq_len, options):
     ids = processor.encode(list(contents)) if contents else []  # One batched call: fast on large corpora.
-    return pack_documents(((t, lang_id) for t in ids), seq_len, processor.bos_id(), processor.eos_id(),
-                          max(processor.pad_id(), 0), options.packing)
+    docs = [(t, lang_id) for t in ids]
+    if options.code_switch is not None:
+      from polyglot_jax.data import codeswitch
+      for i, tokens in enumerate(ids):  # A document is named by its index among this language's records.
+        switched = options.code_switch.switch(tokens, lang_id, (codeswitch.PACKED, lang_id, i))
+        if switched is not None:
+          docs[i] = switched.as_doc(lang_id)
+          options.switch_counts.update(codeswitch.count(switched.switches))
+    return pack_documents(docs, seq_len, processor.bos_id(), processor.eos_id(), max(processor.pad_id(), 0),
+                          options.packing)
 
 
 def _prompt_response(processor, prompt: str, response: str):
@@ -317,13 +337,19 @@ class ScoredPreferenceKind(PreferenceKind):
     return content
 
 
+def group_hash(words) -> int:
+  """A word group's id in ``word_groups``: a 31-bit hash of its (text, language) pairs, stable across runs."""
+  return zlib.crc32(json.dumps(sorted(words), ensure_ascii=False).encode()) & 0x7FFFFFFF
+
+
 class WordsKind(RecordKind):
   """Dictionary words: each word a segment; a pair or group stays in one row.
 
   Extra fields: ``word_ids`` [L] (1-based index of the word a token belongs
   to within its row, 0 elsewhere; bos/eos of a word belong to it) and
-  ``word_groups`` [L // 2] (the group of word i+1 within the batch: a running
-  group number, -1 for no word).
+  ``word_groups`` [L // 2] (the group of word i+1: a 31-bit hash of the
+  group's words, so that every backend numbers a group alike and copies of
+  one group drawn into a batch twice share their id; -1 for no word).
   """
 
   def fields(self, seq_len):
@@ -352,6 +378,9 @@ class WordsKind(RecordKind):
         return Rejected(f"unknown language {lang!r}")
     return out
 
+  def content_languages(self, content):
+    return {lang for _, lang in content}
+
   def language(self, record):
     if self.name == "word_pairs":
       return record.get("src_lang")
@@ -365,9 +394,12 @@ class WordsKind(RecordKind):
     max_words = seq_len // 2
     rows, words_in, groups = [], [], []
     row, fill, n_words = None, seq_len, max_words
-    group = 0
     for words in contents:
-      encoded = [(processor.encode(text), ids.get(lang, 0)) for text, lang in words]
+      unknown = [lang for _, lang in words if lang not in ids]
+      if unknown:
+        raise DataError(f"dictionary words in {unknown[0]!r}, which config.data.languages={sorted(ids)} does not "
+                        "list; add it (every word's language needs a language id)")
+      encoded = [(processor.encode(text), ids[lang]) for text, lang in words]
       need = sum(len(t) + 1 for t, _ in encoded)
       if need > seq_len or len(encoded) > max_words:
         continue
@@ -376,7 +408,7 @@ class WordsKind(RecordKind):
         rows.append(row)
         words_in.append(np.zeros(seq_len, np.int32))
         groups.append(np.full(max_words, -1, np.int32))
-      group += 1
+      group = group_hash(words)
       for tokens, lang in encoded:
         seq = [bos] + list(tokens) + [eos]
         n_words += 1

@@ -93,16 +93,22 @@ class Stack(Objective):
     return extra if any(v is not None for v in extra.values()) else None
 
   def normalizers(self, batch):
-    return {name: o.batch_normalizer(self.member_batch(batch, name)) for name, _, o in self.members}
+    # A prenormalized member (e.g. prealign) gets its own normalisers and divides by them itself.
+    return {name: o.normalizers(self.member_batch(batch, name)) if o.prenormalized
+            else o.batch_normalizer(self.member_batch(batch, name)) for name, _, o in self.members}
 
   def loss_sums(self, model, batch, ctx):
     total = jnp.zeros((), jnp.float32)
     outputs = {}
     rngs = jax.random.split(ctx.rng, len(self.members))
     for (name, weight, objective), rng in zip(self.members, rngs):
-      sub_ctx = StepContext(rng=rng, step=ctx.step, extra=ctx.extra[name] if ctx.extra else None)
+      sub_ctx = StepContext(rng=rng, step=ctx.step, extra=ctx.extra[name] if ctx.extra else None,
+                            normalizers=ctx.normalizers[name] if objective.prenormalized else None)
       loss_sum, _, sums = objective.loss_sums(model, self.member_batch(batch, name), sub_ctx)
-      total = total + weight * loss_sum / jnp.maximum(ctx.normalizers[name], 1.0)
+      if objective.prenormalized:
+        total = total + weight * loss_sum
+      else:
+        total = total + weight * loss_sum / jnp.maximum(ctx.normalizers[name], 1.0)
       outputs.update({f"{name}/{k}": v for k, v in sums.items()})
     return total, jnp.ones((), jnp.float32), outputs
 
