@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean|synth-math|instruct|mapo|dictionary, "
+USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean|synth-math|instruct|mapo|dictionary|clone, "
          "tokenizer train|report|extend, convert, plan, generate, score, eval, analyze logit-lens|lape")
 
 

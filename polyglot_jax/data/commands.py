@@ -88,6 +88,13 @@ def main(argv: list[str], overrides: list[str]) -> int:
   dic.add_argument("--tokenizer", default="", help="sentencepiece model: reject words it maps to nothing; coverage")
   dic.add_argument("--categories", default="", help="cldr: comma-separated of territory,language,script,currency,"
                    "month,weekday (default: all)")
+  cln = sub.add_parser("clone", help="English-Clone testbed: clone tokenizer, cloned corpus, exact dictionary")
+  cln.add_argument("--tokenizer", required=True, help="the source language's SentencePiece unigram model")
+  cln.add_argument("--input", action="append", required=True, help="JSONL {text, lang} files or globs")
+  cln.add_argument("--lang", default="eng", help="the language whose records are cloned")
+  cln.add_argument("--out", required=True, help="output folder")
+  cln.add_argument("--min_count", type=int, default=2, help="corpus words seen this often enter the dictionary")
+  cln.add_argument("--max_words", type=int, default=0, help="cap on dictionary words (0: none)")
   sub.add_parser("mapo", help="MAPO preference data (polyglot_jax/data/mapo.py; flags: data mapo --help)",
                  add_help=False)
   args = parser.parse_args(argv)
@@ -97,6 +104,8 @@ def main(argv: list[str], overrides: list[str]) -> int:
     return _synth_math(args)
   if args.what == "instruct":
     return _instruct(args)
+  if args.what == "clone":
+    return _clone(args)
   if args.what == "dictionary":
     return _dictionary(args)
   config = config_lib.load_config(args.config, overrides)
@@ -167,6 +176,28 @@ def _dictionary(args) -> int:
   print(dictionaries.format_report(report))
   print(dictionaries.format_stats(dictionaries.stats(entries, processor)))
   print(f"wrote {len(entries)} entries to {args.out}")
+  return 0
+
+
+def _clone(args) -> int:
+  from polyglot_jax.data import clone
+  from polyglot_jax.data import languages as langs
+  from polyglot_jax.data.jsonl import expand_files, read_jsonl
+  from polyglot_jax.errors import DataError
+  lang = langs.resolve(args.lang)
+  records, rejected = read_jsonl(expand_files(args.input, "--input"))
+  chosen = [{"text": text, "lang": code} for text, code in records if code == lang]
+  if not chosen:
+    raise DataError(f"--input has no '{lang}' records to clone (languages: {sorted({c for _, c in records})}); "
+                    "pick --lang from those")
+  manifest = clone.write_clone(args.tokenizer, chosen, args.out, args.min_count, args.max_words)
+  skipped = len(records) - len(chosen)
+  print(f"cloned {manifest['records']} '{lang}' records as '{manifest['clone_code']}' (skipped {skipped} of other "
+        f"languages; {sum(rejected.values())} rejected lines)")
+  print(f"clone tokenizer: {manifest['vocab_size']} pieces ({manifest['base_vocab_size']} source + "
+        f"{manifest['cloned_pieces']} cloned); set model.vocab_size >= {manifest['vocab_size']}")
+  print(f"dictionary: {manifest['dictionary_words']} exact word pairs")
+  print(f"wrote {args.out}: clone.model, clone.jsonl, dictionary.jsonl, manifest.json")
   return 0
 
 

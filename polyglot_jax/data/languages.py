@@ -146,6 +146,9 @@ def _parse_mc4() -> list[Language]:
 
 _LANGUAGES = _parse_mc4()
 MC4_LANGUAGES = tuple(lang.code for lang in _LANGUAGES)
+# Synthetic languages of the project's own testbeds. ``qen`` (ISO 639-3 local-use range qaa-qtz):
+# English-Clone, English text with every character moved to the Private Use Area (data/clone.py).
+_LANGUAGES.append(Language("qen", "Qaaa", "English-Clone", "Synthetic", aliases=("en-clone", "eng-clone")))
 
 REGISTRY: dict[str, Language] = {lang.code: lang for lang in _LANGUAGES}
 _ALIASES: dict[str, str] = {}
