@@ -18,7 +18,7 @@ import logging
 import sys
 
 USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean|synth-math|instruct|mapo|dictionary|clone, "
-         "tokenizer train|report|extend, convert, plan, generate, score, eval, analyze logit-lens|lape")
+         "tokenizer train|report|extend, convert, plan, generate, score, eval [crosslingual], analyze logit-lens|lape")
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

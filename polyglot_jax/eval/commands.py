@@ -4,10 +4,12 @@
         [--shots 0] [--mgsm_shots 0 --exemplars FILE] [--limit 0] [--batch_size 16]
         [--max_new_tokens 128] [--max_len 0] [--max_unknown 0.5] [--spbleu_model FILE] [--step N]
         [--deactivate LAPE_JSON:LANG]
+    polyglot-jax eval crosslingual --task zsclt|clka --model PATH --source en --targets fr,qen --workdir DIR ...
 
 Writes ``DIR/results.json``, ``DIR/table.txt`` and a PNG per task, and prints
 the table. Task names and their file layouts: ``polyglot_jax.eval.formats``;
-how each is scored: ``polyglot_jax.eval.harness``.
+how each is scored: ``polyglot_jax.eval.harness``. ``eval crosslingual``
+(fine-tune in one language, query in others): ``polyglot_jax.eval.crosslingual``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from polyglot_jax.errors import DataError
 
 
 def main(argv: list[str]) -> int:
+  if argv and argv[0] == "crosslingual":
+    from polyglot_jax.eval import crosslingual
+    return crosslingual.main(argv[1:])
   from polyglot_jax.eval import harness
   defaults = harness.EvalOptions()
   parser = argparse.ArgumentParser(prog="polyglot-jax eval")
