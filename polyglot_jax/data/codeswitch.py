@@ -41,8 +41,8 @@ with their first file:line; only a dictionary with no usable entry stops.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import os
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -83,7 +83,7 @@ class SwitchedDocument:
 
 
 def read_dictionary(path: str) -> tuple[list[list[tuple[str, str]]], Counter]:
-  """Word groups of a ``word_pairs`` / ``word_groups`` JSONL file.
+  """Word groups of a ``word_pairs`` / ``word_groups`` JSONL file (read by data/dictionaries.py).
 
   Args:
     path: the JSONL file.
@@ -96,44 +96,23 @@ def read_dictionary(path: str) -> tuple[list[list[tuple[str, str]]], Counter]:
   Raises:
     DataError: the file cannot be read, or has no usable entry.
   """
-  from polyglot_jax.data import records
-  from polyglot_jax.data.jsonl import iter_lines, log_rejected
-  groups, rejected, first_bad = [], Counter(), {}
-  for _, lineno, raw in iter_lines([path]):
-    group = _parse_line(raw, records)
-    if isinstance(group, str):
-      rejected[group] += 1
-      first_bad.setdefault(group, f"{path}:{lineno}")
+  from polyglot_jax.data import dictionaries
+  entries, report = dictionaries.read_jsonl(path)
+  groups = []
+  for entry in entries:
+    words = [(w.text, w.lang) for w in entry.words]
+    if len({lang for _, lang in words}) < 2:
+      report.reject("every word in one language (no translation)", entry.where)
       continue
-    groups.append(group)
-  log_rejected(rejected, first_bad)
+    groups.append(words)
+  for reason, n in report.rejected.most_common():
+    logging.warning("code-switch dictionary: rejected %d lines (%s); first at %s", n, reason, report.examples[reason])
   if not groups:
-    where = "; ".join(f"{n} {reason} (first at {first_bad[reason]})" for reason, n in rejected.most_common())
+    where = "; ".join(f"{n} {reason} (first at {report.examples[reason]})"
+                      for reason, n in report.rejected.most_common())
     raise DataError(f"code-switch dictionary '{path}' has no usable entry ({where or 'the file is empty'}); point "
                     "config.data.code_switch.dictionary at word_pairs or word_groups JSONL")
-  return groups, rejected
-
-
-def _parse_line(raw: bytes, records) -> list[tuple[str, str]] | str:
-  """A line's (word, language) group, or the reason it is rejected."""
-  try:
-    record = json.loads(raw.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError):
-    return "malformed JSON or invalid UTF-8"
-  if not isinstance(record, dict):
-    return "not a JSON object"
-  if "words" in record:
-    kind = records.get_kind("word_groups")
-  elif "src_text" in record or "tgt_text" in record:
-    kind = records.get_kind("word_pairs")
-  else:
-    return "neither a word_pairs {src_text, tgt_text, src_lang, tgt_lang} nor a word_groups {words} record"
-  parsed = kind.parse(record)  # Checks texts and resolves language codes.
-  if not isinstance(parsed, list):
-    return str(parsed)
-  if len({lang for _, lang in parsed}) < 2:
-    return "every word in one language (no translation)"
-  return parsed
+  return groups, Counter(report.rejected)
 
 
 @dataclasses.dataclass
