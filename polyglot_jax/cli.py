@@ -9,6 +9,7 @@
     polyglot-jax score --model DIR --input texts.jsonl --out scores.jsonl
     polyglot-jax eval --model DIR --tasks xcopa=DIR mgsm=DIR flores=DIR --out results/
     polyglot-jax analyze logit-lens|lape --model DIR ...
+    polyglot-jax moe upcycle --from DIR --workdir OUT --num_experts 4 --top_k 2 [--layers all] [--noise 0]
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import logging
 import sys
 
 USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean|synth-math|instruct|mapo|dictionary|clone, "
-         "tokenizer train|report|extend, convert, plan, generate, score, eval [crosslingual], analyze logit-lens|lape")
+         "tokenizer train|report|extend, convert, plan, generate, score, eval [crosslingual], analyze logit-lens|lape, "
+         "moe upcycle")
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -116,8 +118,13 @@ def _analyze(argv: list[str]) -> int:
   return commands.main(argv)
 
 
+def _moe(argv: list[str]) -> int:
+  from polyglot_jax.models import moe_commands
+  return moe_commands.main(argv)
+
+
 COMMANDS = {"train": _train, "data": _data, "tokenizer": _tokenizer, "convert": _convert, "plan": _plan,
-            "generate": _generate, "score": _score, "eval": _eval, "analyze": _analyze}
+            "generate": _generate, "score": _score, "eval": _eval, "analyze": _analyze, "moe": _moe}
 
 
 def main(argv: list[str] | None = None) -> int:

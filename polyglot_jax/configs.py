@@ -163,6 +163,10 @@ def default_config() -> ConfigDict:
   c.optimizer.clip_norm = 1.0  # Global gradient-norm clipping; 0 disables.
   c.optimizer.grad_accum_steps = 1  # Micro-batches per update (the batch is split, the update is one).
   c.optimizer.z_loss = 0.0  # Weight of the log(Z)^2 auxiliary loss (PaLM uses 1e-4).
+  # MoE models only (config.model.num_experts > 0; docs/moe.md): weight α of the load-balance loss
+  # N·Σ f_i·P_i averaged over MoE layers (Switch uses 0.01), and of the router z-loss (ST-MoE uses 0.001).
+  c.optimizer.moe_balance_weight = 0.01
+  c.optimizer.moe_z_loss = 0.001
   c.optimizer.max_consecutive_skips = 5  # Stop after this many non-finite updates in a row.
 
   c.train = ConfigDict()

@@ -38,11 +38,16 @@ def is_stacked(params: dict) -> bool:
 
 
 def stack(params: dict) -> dict:
-  """{blocks: {0: tree, 1: tree...}} (keys int or digit strings) → {blocks: tree of [L, ...]}."""
+  """{blocks: {0: tree, 1: tree...}} (keys int or digit strings) → {blocks: tree of [L, ...]}.
+
+  Layers of different structure (an MoE model with some dense layers) are returned unstacked.
+  """
   if is_stacked(params):
     return params
   import jax
   layers = [params["blocks"][k] for k in sorted(params["blocks"], key=int)]
+  if len({jax.tree.structure(layer) for layer in layers}) > 1:
+    return params  # Dense and MoE layers mixed (scan_layers=False) cannot stack: one subtree per layer.
   out = dict(params)
   out["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
   return out

@@ -250,7 +250,9 @@ class Decoder(nnx.Module):
       raise ValueError(f"return_aux asks for {sorted(unknown)}; the decoder gives {list(AUX_OUTPUTS)}")
     if not return_aux:
       return self.logits(self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL))
-    h, layers, moe_aux = self._run_layers(tokens_BxL, segment_ids_BxL, positions_BxL, per_layer=True)
+    # The per-layer residual stream is collected only when asked for (MoE losses need the router logits only).
+    h, layers, moe_aux = self._run_layers(tokens_BxL, segment_ids_BxL, positions_BxL,
+                                          per_layer="hidden_states" in return_aux)
     if not moe_aux and set(return_aux) & set(MOE_AUX):
       moe_aux = self._empty_moe_aux(tokens_BxL.size)
     aux = {"hidden_states": layers, "final_hidden": h, **moe_aux}

@@ -7,7 +7,8 @@ another; the trainer, the mesh and the optimizer are shared. It declares:
   trainer assembles, shards and traces batches from it; the data side checks
   that its record kind gives every field (``data_kind``).
 - **trainable parameters** (``trainable``): the rest are frozen and get no
-  optimizer state.
+  optimizer state; ``keep_frozen`` puts back a frozen slice of a trainable
+  parameter after each update.
 - **extra state** (``init_extra`` / ``extra_shardings``): frozen arrays it
   needs beside the parameters (a DPO reference, a frozen copy of expert 0).
   Created at build time from the starting parameters (after
@@ -164,6 +165,25 @@ class Objective(abc.ABC):
     """Whether the parameter at ``path`` (keys from the model root) trains."""
     del path
     return True
+
+  def keep_frozen(self, new_trainable, old_trainable):
+    """The trainable parameters after an update, with any part the objective freezes put back.
+
+    ``trainable(path)`` freezes whole parameters. An objective that freezes
+    a slice of one (MoE-LPR's expert 0 of the stacked expert weights) stops
+    that slice's gradient in ``loss_sums`` and copies it back here from
+    before the update, so that decoupled weight decay (which moves a weight
+    whatever its gradient) cannot change it either.
+
+    Args:
+      new_trainable: the updated trainable parameters.
+      old_trainable: the same tree before the update.
+
+    Returns:
+      The parameters to keep; the default keeps ``new_trainable``.
+    """
+    del old_trainable
+    return new_trainable
 
   def init_extra(self, params) -> Any:
     """Extra frozen state made from the starting parameters (inside jit); None for none."""

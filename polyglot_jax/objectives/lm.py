@@ -1,8 +1,12 @@
-"""Causal language modelling: next-token cross-entropy (+ optional z-loss).
+"""Causal language modelling: next-token cross-entropy (+ optional z-loss, + MoE router losses).
 
 Metrics (names other code reads): ``loss`` (token-weighted cross-entropy),
 ``z_loss`` (mean log(Z)^2), ``tokens`` (weighted target tokens),
-``loss/<lang>`` and, on held-out data, ``ppl/<lang>``.
+``loss/<lang>`` and, on held-out data, ``ppl/<lang>``. A model with MoE
+layers (``config.model.num_experts > 0``) also trains on the router losses
+and reports ``moe/balance_loss``, ``moe/z_loss``,
+``moe/expert_load/layer_<i>/expert_<j>`` and, in capacity dispatch,
+``moe/dropped_fraction`` (see ``moe_sums``; docs/moe.md).
 """
 
 from __future__ import annotations
@@ -10,7 +14,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from polyglot_jax.models import moe as moe_lib
+from polyglot_jax.models.config import ModelConfig
 from polyglot_jax.objectives.base import TEXT_FIELDS, FieldSpec, Metric, Objective, per_language_sums, register
+
+# The decoder outputs an MoE model's LM loss reads (models/decoder.py AUX_OUTPUTS).
+MOE_AUX = ("router_logits", "expert_load", "dropped_fraction")
 
 
 def token_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array):
@@ -41,18 +50,103 @@ LM_METRICS = {
 }
 
 
+def moe_metrics(model_cfg: ModelConfig) -> dict[str, Metric]:
+  """The MoE metrics of ``moe_sums`` for this model (none for a dense one).
+
+  Expert loads are named by decoder layer index (``layer_<i>``), not by the
+  position among the MoE layers.
+  """
+  if not model_cfg.num_experts:
+    return {}
+  out = {"moe/balance_loss": Metric("moe_balance_sum", "weight"), "moe/z_loss": Metric("moe_z_sum", "weight")}
+  if model_cfg.moe_dispatch == "capacity":
+    out["moe/dropped_fraction"] = Metric("moe_dropped_sum", "moe_tokens")
+  for i in model_cfg.moe_layer_ids():
+    for j in range(model_cfg.num_experts):
+      out[f"moe/expert_load/layer_{i}/expert_{j}"] = Metric(f"moe_load_sum/layer_{i}/expert_{j}", "moe_tokens")
+  return out
+
+
+def moe_sums(aux, batch, weight, model_cfg: ModelConfig, balance_weight: float, z_weight: float):
+  """The MoE router-loss term of one micro-batch and its metric outputs.
+
+  The balance loss (N·Σ f_i·P_i) and the router z-loss are computed per MoE
+  layer over this micro-batch's real tokens (segment_ids != 0) and averaged
+  over the MoE layers. They are batch statistics, not per-token sums, so
+  they cannot be made additive: each micro-batch's value is scaled by its
+  token normaliser ``weight`` instead. The trainer divides the summed
+  gradient by the summed normaliser W, so the update follows
+  α·Σ_m (w_m / W)·∇balance_m, the token-weighted mean over micro-batches
+  (exactly α·∇balance with one micro-batch), and ``moe/balance_loss`` =
+  Σ_m w_m·balance_m / W is that same weighted mean: the logged value is the
+  one differentiated, and it stays additive over micro-batches and log
+  steps (a ``reduce="mean"`` metric would weight micro-batches equally and
+  drift from the optimised quantity when their token counts differ).
+
+  Args:
+    aux: the decoder's ``router_logits`` [M, T, N], ``expert_load`` [M, N] and
+      ``dropped_fraction`` [M] (M MoE layers, T = B·L).
+    batch: the text batch (``segment_ids`` marks padding with 0).
+    weight: this micro-batch's loss normaliser (weighted target tokens).
+    model_cfg: the model's config (top-k, MoE layer ids).
+    balance_weight: α, the weight of the balance loss.
+    z_weight: the weight of the router z-loss.
+
+  Returns:
+    (term to add to the loss sum, outputs named as ``moe_metrics`` reads them).
+  """
+  mask_T = batch["segment_ids"].reshape(-1) != 0
+  logits_MxTxN = aux["router_logits"]
+  k = model_cfg.moe_top_k
+  balance = jnp.mean(jax.vmap(lambda l: moe_lib.load_balance_loss(l, k, mask=mask_T))(logits_MxTxN))
+  z = jnp.mean(jax.vmap(lambda l: moe_lib.router_z_loss(l, mask=mask_T))(logits_MxTxN))
+  term = (balance_weight * balance + z_weight * z) * weight
+  tokens = jnp.sum(mask_T.astype(jnp.float32))
+  load_MxN = jax.lax.stop_gradient(aux["expert_load"]) * tokens
+  outputs = {"moe_balance_sum": jax.lax.stop_gradient(balance) * weight,
+             "moe_z_sum": jax.lax.stop_gradient(z) * weight, "moe_tokens": tokens,
+             "moe_dropped_sum": jnp.mean(jax.lax.stop_gradient(aux["dropped_fraction"])) * tokens}
+  for m, i in enumerate(model_cfg.moe_layer_ids()):
+    for j in range(model_cfg.num_experts):
+      outputs[f"moe_load_sum/layer_{i}/expert_{j}"] = load_MxN[m, j]
+  return term, outputs
+
+
 @register("lm")
 class LanguageModelling(Objective):
   data_kind = "text"
   metrics = LM_METRICS
   summary_metric = "loss/{lang}"
 
+  def __init__(self, config, num_languages):
+    super().__init__(config, num_languages)
+    self.model_cfg = ModelConfig.from_config(config.model)
+    if self.model_cfg.num_experts:
+      # A dense model asks for nothing extra, so it traces exactly as before.
+      self.aux_outputs = MOE_AUX
+      self.metrics = {**type(self).metrics, **moe_metrics(self.model_cfg)}
+
   def batch_spec(self):
     return {k: FieldSpec((self.config.data.seq_len,)) for k in TEXT_FIELDS}
 
+  def forward(self, model, batch):
+    """(logits, MoE aux or None): the decoder's outputs this objective reads."""
+    if not self.aux_outputs:
+      return model(batch["inputs"], batch["segment_ids"], batch["positions"]), None
+    return model(batch["inputs"], batch["segment_ids"], batch["positions"], return_aux=self.aux_outputs)
+
   def loss_sums(self, model, batch, ctx):
     del ctx  # Deterministic, no schedule.
-    logits = model(batch["inputs"], batch["segment_ids"], batch["positions"])
+    logits, aux = self.forward(model, batch)
+    return self.lm_loss_sums(logits, aux, batch)
+
+  def lm_loss_sums(self, logits, aux, batch):
+    """(loss sum, normaliser, outputs) from the decoder's outputs: LM, plus the router losses when MoE."""
     loss_sum, weight, outputs = lm_sums(logits, batch, self.num_languages, self.config.optimizer.z_loss)
     outputs["weight"] = weight
+    if aux is not None:
+      opt = self.config.optimizer
+      term, moe_outputs = moe_sums(aux, batch, weight, self.model_cfg, opt.moe_balance_weight, opt.moe_z_loss)
+      loss_sum = loss_sum + term
+      outputs.update(moe_outputs)
     return loss_sum, weight, outputs

@@ -84,6 +84,11 @@ class Stack(Objective):
   def trainable(self, path):
     return all(o.trainable(path) for _, _, o in self.members)
 
+  def keep_frozen(self, new_trainable, old_trainable):
+    for _, _, o in self.members:
+      new_trainable = o.keep_frozen(new_trainable, old_trainable)
+    return new_trainable
+
   def init_extra(self, params):
     extra = {name: o.init_extra(params) for name, _, o in self.members}
     return extra if any(v is not None for v in extra.values()) else None
