@@ -15,10 +15,13 @@ Arms, each ``--steps`` optimizer steps of the same batch shape in total:
   over layers + LM on the dictionary words) from random init, then LM with input-only
   code-switching (``data.code_switch.rate``) for the remaining steps, init_from stage 1.
 
+Ablations (``--arms joint,prealign,no_align,no_switch``): ``no_align`` runs stage 1 with
+α = 0 (LM on the dictionary words only), ``no_switch`` stage 2 without code-switching.
+
 Evaluation of each arm: held-out perplexity per language (parallel held-out lines);
 ZS-CLT and CLKA (polyglot_jax/eval/crosslingual.py) from English to the second language.
 Text: NTREX-128 (news, ``../shared/corpora/ntrex128``) when present, else the project's
-demo corpus (``--corpus demo``). Writes OUT/results.json and prints the table.
+demo corpus (``--corpus demo``). Writes OUT/results_<arms>.json and prints the table.
 """
 
 from __future__ import annotations
@@ -170,29 +173,34 @@ def run_setting(setting: str, args) -> dict:
   root = os.path.join(args.out, setting)
   arms = {}
   # Joint: LM on both languages for the whole budget.
-  joint_dir = os.path.join(root, "joint")
-  summary = train(lm_config(info, args, args.steps), joint_dir, f"{setting}/joint")
-  arms["joint"] = {"workdir": joint_dir, "ppl": held_out_ppl(summary, ("eng", other))}
-  # PreAlign: alignment initialisation, then LM with input-only code-switching.
-  stage1 = base_config(info, args)
-  stage1.objective = "prealign"
-  stage1.data.kind = "word_groups"
-  stage1.data.train_files = (info["dictionary"],)
-  stage1.data.eval_files = ()
-  stage1.data.mixture.method = "proportional"
-  stage1.prealign.alpha = args.alpha
-  stage1.train.num_steps = args.align_steps
-  stage1.optimizer.warmup_steps = min(20, args.align_steps // 5)
-  s1_dir = os.path.join(root, "prealign_stage1")
-  s1 = train(stage1, s1_dir, f"{setting}/prealign stage 1")
-  s2_dir = os.path.join(root, "prealign")
-  from polyglot_jax import loading
-  config = lm_config(info, args, args.steps - args.align_steps, init_from=s1_dir, code_switch=args.code_switch)
-  loading.apply_init_from(config)
-  summary = train(config, s2_dir, f"{setting}/prealign stage 2")
-  arms["prealign"] = {"workdir": s2_dir, "ppl": held_out_ppl(summary, ("eng", other)),
-                      "stage1": {k: float(v) for k, v in s1.get("eval_metrics_after", {}).items()
-                                 if isinstance(v, (int, float))}}
+  if "joint" in args.arms:
+    joint_dir = os.path.join(root, "joint")
+    summary = train(lm_config(info, args, args.steps), joint_dir, f"{setting}/joint")
+    arms["joint"] = {"workdir": joint_dir, "ppl": held_out_ppl(summary, ("eng", other))}
+  # PreAlign: alignment initialisation, then LM with input-only code-switching; the ablations
+  # drop one part (no_align: stage 1 is LM on the dictionary words only; no_switch: no code-switching).
+  variants = {"prealign": (args.alpha, args.code_switch), "no_align": (0.0, args.code_switch),
+              "no_switch": (args.alpha, 0.0)}
+  for name in [a for a in args.arms if a != "joint"]:
+    alpha, switch = variants[name]
+    stage1 = base_config(info, args)
+    stage1.objective = "prealign"
+    stage1.data.kind = "word_groups"
+    stage1.data.train_files = (info["dictionary"],)
+    stage1.data.eval_files = ()
+    stage1.data.mixture.method = "proportional"
+    stage1.prealign.alpha = alpha
+    stage1.train.num_steps = args.align_steps
+    stage1.optimizer.warmup_steps = min(20, args.align_steps // 5)
+    s1_dir = os.path.join(root, f"{name}_stage1" if name != "prealign" else "prealign_stage1")
+    s1 = train(stage1, s1_dir, f"{setting}/{name} stage 1")
+    s2_dir = os.path.join(root, name)
+    from polyglot_jax import loading
+    config = lm_config(info, args, args.steps - args.align_steps, init_from=s1_dir, code_switch=switch)
+    loading.apply_init_from(config)
+    summary = train(config, s2_dir, f"{setting}/{name} stage 2")
+    arms[name] = {"workdir": s2_dir, "ppl": held_out_ppl(summary, ("eng", other)), "alpha": alpha,
+                  "code_switch": switch}
   for name, arm in arms.items():
     for task in args.tasks:
       fn = {"zsclt": crosslingual.run_zsclt, "clka": crosslingual.run_clka}[task]
@@ -237,9 +245,13 @@ def main():
   parser.add_argument("--vocab", type=int, default=1024, help="SentencePiece pieces (the clone about doubles it)")
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--tasks", default="zsclt,clka", help="cross-lingual evaluations to run (empty: none)")
+  parser.add_argument("--arms", default="joint,prealign",
+                      help="joint, prealign, and the ablations no_align (stage 1 without the alignment loss) and "
+                           "no_switch (stage 2 without code-switching)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+  args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
   os.makedirs(args.out, exist_ok=True)
   t0 = time.perf_counter()
   results = {}
@@ -249,7 +261,7 @@ def main():
   print(table)
   minutes = (time.perf_counter() - t0) / 60
   print(f"total {minutes:.1f} min")
-  with open(os.path.join(args.out, "results.json"), "w") as f:
+  with open(os.path.join(args.out, f"results_{'_'.join(args.arms)}.json"), "w") as f:
     json.dump({"args": vars(args), "minutes": minutes, "results": results, "table": table}, f, indent=2,
               default=str)
 
