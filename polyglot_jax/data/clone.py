@@ -104,12 +104,9 @@ def make_clone_tokenizer(base_model: str, out_model: str) -> tuple[str, np.ndarr
     spells text in the clone.
   """
   from sentencepiece import sentencepiece_model_pb2 as pb
-  proto = pb.ModelProto()
-  with open(base_model, "rb") as f:
-    proto.ParseFromString(f.read())
-  if proto.trainer_spec.model_type != pb.TrainerSpec.UNIGRAM:
-    raise DataError(f"English-Clone needs a unigram SentencePiece model; '{base_model}' is "
-                    f"{pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)}")
+
+  from polyglot_jax.tokenizer.extend import read_unigram_model
+  proto = read_unigram_model(base_model, "English-Clone")
   clone_map = CloneMap.from_tokenizer(base_model)
   n = len(proto.pieces)
   clone_ids = np.arange(n, dtype=np.int64)

@@ -281,7 +281,6 @@ def from_config(config: ConfigDict, processor, languages: Sequence[str]) -> Code
       target language (each names its key).
     DataError: a dictionary with no usable entry (named with its bad lines).
   """
-  import os
   cs = config.data.code_switch
   if not 0.0 <= cs.rate <= 1.0:
     raise ConfigError(f"config.data.code_switch.rate={cs.rate}; use a probability in [0, 1] (0 turns it off)")

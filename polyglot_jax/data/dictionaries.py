@@ -206,19 +206,14 @@ def from_cldr(languages: Sequence[str], categories: Sequence[str] = CLDR_CATEGOR
 
 def _lines(path: str, report: Report):
   """(line number, text) of the non-blank lines of a UTF-8 file; undecodable lines are rejected."""
-  try:
-    handle = open(path, "rb")
-  except OSError as e:
-    raise DataError(f"cannot read dictionary file '{path}': {e.strerror}; check the path") from None
-  with handle:
-    for lineno, raw in enumerate(handle, 1):
-      try:
-        line = raw.decode("utf-8").rstrip("\r\n")
-      except UnicodeDecodeError:
-        report.reject(NOT_UTF8, f"{path}:{lineno}")
-        continue
-      if line.strip():
-        yield lineno, line
+  from polyglot_jax.data.jsonl import iter_lines
+  for _, lineno, raw in iter_lines([path], "dictionary file"):
+    try:
+      line = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+      report.reject(NOT_UTF8, f"{path}:{lineno}")
+      continue
+    yield lineno, line
 
 
 def muse_languages(path: str, languages: Sequence[str] = ()) -> tuple[str, str]:

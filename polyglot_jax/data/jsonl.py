@@ -24,13 +24,13 @@ def expand_files(patterns: Sequence[str], what: str) -> list[str]:
   return files
 
 
-def iter_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
-  """(path, line number, raw bytes) of every non-blank line; an unreadable file is a DataError."""
+def iter_lines(paths: Sequence[str], what: str = "corpus file") -> Iterator[tuple[str, int, bytes]]:
+  """(path, line number, raw bytes) of every non-blank line; an unreadable file is a DataError naming ``what``."""
   for path in paths:
     try:
       handle = open(path, "rb")
     except OSError as e:
-      raise DataError(f"cannot read corpus file '{path}': {e.strerror}; check the path and permissions") from None
+      raise DataError(f"cannot read {what} '{path}': {e.strerror}; check the path and permissions") from None
     with handle:
       for lineno, raw in enumerate(handle, 1):
         if raw.strip():

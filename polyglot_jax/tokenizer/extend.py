@@ -19,18 +19,26 @@ import numpy as np
 WORD_START = "\u2581"  # SentencePiece's word-boundary marker.
 
 
+def read_unigram_model(path: str, what: str):
+  """The ModelProto of a SentencePiece unigram model; another model type is a DataError naming ``what`` needs it."""
+  from sentencepiece import sentencepiece_model_pb2 as pb
+
+  from polyglot_jax.errors import DataError
+  proto = pb.ModelProto()
+  with open(path, "rb") as f:
+    proto.ParseFromString(f.read())
+  if proto.trainer_spec.model_type != pb.TrainerSpec.UNIGRAM:
+    raise DataError(f"{what} needs a unigram SentencePiece model; '{path}' is "
+                    f"{pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)}")
+  return proto
+
+
 def add_pieces(old_model: str, records, num_pieces: int, out_prefix: str, seed: int = 0) -> tuple[str, list[str]]:
   """Writes ``out_prefix.model`` = old model + up to ``num_pieces`` new pieces; returns (path, new pieces)."""
   from sentencepiece import sentencepiece_model_pb2 as pb
 
-  from polyglot_jax.errors import DataError
   from polyglot_jax.tokenizer.train import train_sentencepiece
-  proto = pb.ModelProto()
-  with open(old_model, "rb") as f:
-    proto.ParseFromString(f.read())
-  if proto.trainer_spec.model_type != pb.TrainerSpec.UNIGRAM:
-    raise DataError(f"tokenizer extend supports unigram models; '{old_model}' is "
-                    f"{pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)}")
+  proto = read_unigram_model(old_model, "tokenizer extend")
   existing = {p.piece for p in proto.pieces}
   with tempfile.TemporaryDirectory() as tmp:
     helper_size = num_pieces + 256 + 4 + 64
