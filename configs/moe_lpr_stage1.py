@@ -41,7 +41,7 @@ def get_config():
   config.moe_lpr.stage = 1
   config.moe_lpr.original_languages = ORIGINAL  # Read by stage 2's LPR (stage 1 does not use it).
   config.init_from = os.path.join(ROOT, "upcycled")
-  # The MoE settings of the upcycled checkpoint (init_from takes only the dense shape from it).
+  # The MoE settings of the upcycled checkpoint (init_from also takes them from it; set here to read plainly).
   config.model.num_experts = 4
   config.model.moe_top_k = 2
   config.model.moe_layers = "all"

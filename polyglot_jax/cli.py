@@ -10,6 +10,7 @@
     polyglot-jax eval --model DIR --tasks xcopa=DIR mgsm=DIR flores=DIR --out results/
     polyglot-jax analyze logit-lens|lape --model DIR ...
     polyglot-jax moe upcycle --from DIR --workdir OUT --num_experts 4 --top_k 2 [--layers all] [--noise 0]
+    polyglot-jax moe routing --model DIR --data texts.jsonl --out DIR [--max_docs N]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 
 USAGE = ("polyglot-jax <command> [flags]; commands: train, data mixture|clean|synth-math|instruct|mapo|dictionary|clone, "
          "tokenizer train|report|extend, convert, plan, generate, score, eval [crosslingual], analyze logit-lens|lape, "
-         "moe upcycle")
+         "moe upcycle|routing")
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -30,6 +30,10 @@ from polyglot_jax.errors import ConfigError, ConvertError
 # block) are the run's own choice and may differ from the checkpoint's.
 ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
                        "rope_theta", "norm_eps", "tie_embeddings", "qkv_bias")
+# config.model MoE fields a checkpoint of ours fixes: the experts and their layers shape the parameters, top-k
+# the function. A Hugging Face directory has none (our HF interop is dense), so a run from one keeps its own.
+# moe_dispatch and moe_capacity_factor stay the run's choice, like dtype.
+MOE_FIELDS = ("num_experts", "moe_top_k", "moe_layers", "moe_shared_experts")
 
 
 @dataclasses.dataclass
@@ -103,9 +107,12 @@ def apply_init_from(config: ConfigDict, explicit: Iterable[str] = ()) -> ConfigD
 
   A user starting from a checkpoint does not retype its shape: every
   ``ARCHITECTURE_FIELDS`` entry of ``config.model`` is set from the
-  checkpoint. Only a key the user set explicitly (``explicit``: dotted keys
-  of command-line overrides) and that contradicts the checkpoint is an
-  error, naming the key and both values. An empty ``config.data.tokenizer``
+  checkpoint, and so is every ``MOE_FIELDS`` entry when the checkpoint is
+  one of ours (a Hugging Face directory keeps the run's MoE settings). A
+  checkpoint with only some MoE layers also sets ``scan_layers=False``
+  unless the user set it. Only a key the user set explicitly (``explicit``:
+  dotted keys of command-line overrides) and that contradicts the
+  checkpoint is an error, naming the key and both values. An empty ``config.data.tokenizer``
   (outside the demo source, which builds its own) becomes the checkpoint's
   SentencePiece model when it ships one: a fine-tuning run reads its data
   with the tokenizer the model was trained with.
@@ -120,9 +127,15 @@ def apply_init_from(config: ConfigDict, explicit: Iterable[str] = ()) -> ConfigD
   if not config.init_from:
     return config
   theirs = model_settings(config.init_from)
+  fields = ARCHITECTURE_FIELDS
+  saved_model = None
+  if kind_of(config.init_from) != "hf":
+    saved_model = saved_config(config.init_from).model
+    theirs.update({key: saved_model[key] for key in MOE_FIELDS})
+    fields += MOE_FIELDS
   explicit = set(explicit)
   with config.unlocked():
-    for key in ARCHITECTURE_FIELDS:
+    for key in fields:
       value = theirs[key]
       ours = config.model[key]
       if f"model.{key}" in explicit:
@@ -133,11 +146,20 @@ def apply_init_from(config: ConfigDict, explicit: Iterable[str] = ()) -> ConfigD
           raise ConfigError(f"--config.model.{key}={ours!r} contradicts config.init_from='{config.init_from}', "
                             f"whose model has {key}={value!r}; drop the flag or start from another checkpoint")
       config.model[key] = type(ours)(value) if not isinstance(ours, bool) else bool(value)
+    if saved_model is not None and _partly_moe(saved_model) and "model.scan_layers" not in explicit:
+      config.model.scan_layers = False  # Scanned layers must all be alike; an explicit True fails in ModelConfig.
     if not config.data.tokenizer and config.data.source != "demo":
       found = find_tokenizer(config.init_from, saved_config(config.init_from))
       if found:
         config.data.tokenizer = os.path.abspath(found)
   return config
+
+
+def _partly_moe(model: ConfigDict) -> bool:
+  """Some layers of the model are MoE and some dense (such a checkpoint is stored unrolled)."""
+  from polyglot_jax.models.config import ModelConfig
+  cfg = ModelConfig.from_config(model)
+  return 0 < len(cfg.moe_layer_ids()) < cfg.num_layers
 
 
 def read_params(path: str, config: ConfigDict, step: int | None = None) -> dict:
