@@ -1,6 +1,6 @@
 """MoE-LPR (Zhou et al. 2024) vs full fine-tuning: grow a dense model into new languages (CPU, minutes).
 
-    python tools/experiments/moe_lpr.py --out /tmp/moe_lpr_exp            # the full run, 8-13 min on 2 cores
+    python tools/experiments/moe_lpr.py --out /tmp/moe_lpr_exp            # the full run, 7.6 min on 2 cores
     python tools/experiments/moe_lpr.py --out /tmp/moe_lpr_quick --quick  # every stage in a few steps, ~2 min
 
 The full run's time is estimated from the smoke run and a 500-step base, on 2 CPU cores:
