@@ -73,6 +73,11 @@ def default_config() -> ConfigDict:
   c.model.scan_layers = True  # lax.scan over stacked layers (fast compiles) or unrolled.
   c.model.remat_policy = "none"  # Per-layer rematerialisation: none | dots | full.
   c.model.attention_block = 128  # Causal attention in query blocks of this size (0: one block).
+  # LM head + cross-entropy over token chunks, never building the float32 [tokens, vocab] logits
+  # (models/chunked_ce.py): -1 auto (chunked when a micro-batch's logits exceed ce_chunk_threshold_bytes,
+  # chunks of ≤ 64 MiB of logits), 0 off, N > 0 chunks of N tokens.
+  c.model.ce_chunk_size = -1
+  c.model.ce_chunk_threshold_bytes = 256 * 2**20  # Auto mode: float32 logits bytes (tokens·vocab·4) above which to chunk.
   # Mixture of experts (docs/moe.md). 0 keeps the model dense; N > 0 makes the chosen layers' FFN N SwiGLU experts.
   c.model.num_experts = 0
   c.model.moe_top_k = 2  # Experts each token is sent to; their router weights are renormalised to sum to 1.

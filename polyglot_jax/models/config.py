@@ -29,6 +29,9 @@ class ModelConfig:
   scan_layers: bool = True
   remat_policy: str = "none"
   attention_block: int = 128
+  # Chunked cross-entropy (models/chunked_ce.py): -1 auto above the threshold, 0 off, N > 0 tokens per chunk.
+  ce_chunk_size: int = -1
+  ce_chunk_threshold_bytes: int = 256 * 2**20
   # Mixture of experts (models/moe.py); num_experts = 0 keeps every layer dense.
   num_experts: int = 0
   moe_top_k: int = 2
@@ -46,6 +49,8 @@ class ModelConfig:
           f"config.model.num_kv_heads={self.num_kv_heads}; grouped-query attention needs it")
     if self.head_dim % 2:
       raise ValueError(f"config.model.head_dim={self.head_dim} must be even for rotary embeddings")
+    if self.ce_chunk_size < -1:
+      raise ValueError(f"config.model.ce_chunk_size={self.ce_chunk_size}; use -1 (auto), 0 (off) or a token count")
     if self.num_experts:
       self._check_moe()
 

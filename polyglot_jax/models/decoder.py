@@ -172,15 +172,19 @@ class Decoder(nnx.Module):
     return {"router_logits": jnp.zeros((0, t, n), jnp.float32), "expert_load": jnp.zeros((0, n), jnp.float32),
             "dropped_fraction": jnp.zeros((0,), jnp.float32)}
 
+  def head(self):
+    """The output head [E, V] in the compute dtype (tied: the embedding transposed)."""
+    dt = dtype_of(self.cfg.dtype)
+    if self.cfg.tie_embeddings:
+      return self.embedding[...].astype(dt).T
+    return self.lm_head[...].astype(dt)
+
   def logits(self, hidden_BxLxE):
     """Vocabulary logits in float32 (losses and softmax stay in float32)."""
     dt = dtype_of(self.cfg.dtype)
     b, length, e = hidden_BxLxE.shape
     h_TxE = hidden_BxLxE.reshape(b * length, e).astype(dt)
-    if self.cfg.tie_embeddings:
-      w_ExV = self.embedding[...].astype(dt).T
-    else:
-      w_ExV = self.lm_head[...].astype(dt)
+    w_ExV = self.head()
     out_TxV = jnp.matmul(h_TxE, w_ExV, preferred_element_type=jnp.float32)
     return constrain(out_TxV.reshape(b, length, -1), ("batch", "length", "act_vocab"))
 
@@ -245,16 +249,25 @@ class Decoder(nnx.Module):
     Returns:
       logits, or (logits, {name: array}) when ``return_aux`` is not empty.
     """
+    if not return_aux:
+      return self.logits(self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL))
+    h, aux = self.features(tokens_BxL, segment_ids_BxL, positions_BxL, return_aux)
+    return self.logits(h), aux
+
+  def features(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None, return_aux: tuple[str, ...] = ()):
+    """What ``__call__`` returns with the logits left out: (final-norm hidden [B, L, E], aux dict).
+
+    The chunked cross-entropy (models/chunked_ce.py) takes these and ``head()``
+    instead of the full [B, L, V] logits. Arguments as in ``__call__``.
+    """
     unknown = set(return_aux) - set(AUX_OUTPUTS)
     if unknown:
       raise ValueError(f"return_aux asks for {sorted(unknown)}; the decoder gives {list(AUX_OUTPUTS)}")
-    if not return_aux:
-      return self.logits(self.hidden_states(tokens_BxL, segment_ids_BxL, positions_BxL))
     # The per-layer residual stream is collected only when asked for (MoE losses need the router logits only).
     h, layers, moe_aux = self._run_layers(tokens_BxL, segment_ids_BxL, positions_BxL,
                                           per_layer="hidden_states" in return_aux)
     if not moe_aux and set(return_aux) & set(MOE_AUX):
       moe_aux = self._empty_moe_aux(tokens_BxL.size)
     aux = {"hidden_states": layers, "final_hidden": h, **moe_aux}
-    return self.logits(h), {name: aux[name] for name in return_aux}
+    return h, {name: aux[name] for name in return_aux}
 

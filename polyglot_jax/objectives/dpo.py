@@ -42,7 +42,7 @@ from ml_collections import ConfigDict
 
 from polyglot_jax.errors import ConfigError
 from polyglot_jax.objectives.base import TEXT_FIELDS, FieldSpec, Metric, Objective, register
-from polyglot_jax.objectives.lm import token_cross_entropy
+from polyglot_jax.objectives.lm import decoder_outputs, token_losses
 
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")  # Loss types that use no reference model.
@@ -175,8 +175,11 @@ def preference_loss_with_margin(policy_chosen_logps, policy_rejected_logps, ref_
 
 
 def completion_logps(logits_BxLxV, targets_BxL, loss_weights_BxL):
-  """(log-prob sums over weighted targets [B], weighted target counts [B]), float32."""
-  ce_BxL, _ = token_cross_entropy(logits_BxLxV, targets_BxL)
+  """(log-prob sums over weighted targets [B], weighted target counts [B]), float32.
+
+  ``logits_BxLxV`` may be ``lm.HeadInputs``: the log-probs are then computed chunk by chunk.
+  """
+  ce_BxL, _ = token_losses(logits_BxLxV, targets_BxL)
   w_BxL = loss_weights_BxL.astype(jnp.float32)
   return -jnp.sum(ce_BxL * w_BxL, axis=1), jnp.sum(w_BxL, axis=1)
 
@@ -185,7 +188,7 @@ def _pair_forward(model, batch):
   """Completion log-prob sums and lengths of both sides from one forward pass on [chosen; rejected]."""
   cat = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
          for k in ("inputs", "targets", "loss_weights", "segment_ids", "positions")}
-  logits = model(cat["inputs"], cat["segment_ids"], cat["positions"])
+  logits, _ = decoder_outputs(model, cat["inputs"], cat["segment_ids"], cat["positions"])
   logps, lengths = completion_logps(logits, cat["targets"], cat["loss_weights"])
   b = batch["chosen_inputs"].shape[0]
   return (logps[:b], logps[b:]), (lengths[:b], lengths[b:])

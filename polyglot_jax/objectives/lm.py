@@ -1,5 +1,8 @@
 """Causal language modelling: next-token cross-entropy (+ optional z-loss, + MoE router losses).
 
+The loss runs over token chunks without the full float32 logits when
+``config.model.ce_chunk_size`` says so (``decoder_outputs``, models/chunked_ce.py).
+
 Metrics (names other code reads): ``loss`` (token-weighted cross-entropy),
 ``z_loss`` (mean log(Z)^2), ``tokens`` (weighted target tokens),
 ``loss/<lang>`` and, on held-out data, ``ppl/<lang>``. A model with MoE
@@ -11,9 +14,12 @@ and reports ``moe/balance_loss``, ``moe/z_loss``,
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
+from polyglot_jax.models import chunked_ce
 from polyglot_jax.models import moe as moe_lib
 from polyglot_jax.models.config import ModelConfig
 from polyglot_jax.objectives.base import TEXT_FIELDS, FieldSpec, Metric, Objective, per_language_sums, register
@@ -30,9 +36,60 @@ def token_cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array):
   return log_z_BxL - target_logit_BxL, log_z_BxL
 
 
+class HeadInputs(NamedTuple):
+  """What the chunked cross-entropy reads in place of the logits (models/chunked_ce.py)."""
+  hidden_BxLxE: jax.Array  # Final-norm hidden states.
+  head_ExV: jax.Array  # The output head in the compute dtype (Decoder.head()).
+  chunk_size: int  # Tokens per chunk (> 0).
+
+
+def chunk_size_for(model, tokens: int) -> int:
+  """The chunk size the chunked cross-entropy uses for ``tokens`` tokens on this model, 0 for the plain path."""
+  cfg = model.cfg
+  return chunked_ce.resolve_chunk_size(tokens, cfg.vocab_size, cfg.ce_chunk_size, cfg.ce_chunk_threshold_bytes)
+
+
+def decoder_outputs(model, inputs_BxL, segment_ids_BxL, positions_BxL, return_aux: tuple[str, ...] = ()):
+  """The decoder's outputs for a token loss, with or without the full logits.
+
+  Args:
+    model: the Decoder.
+    inputs_BxL, segment_ids_BxL, positions_BxL: as ``Decoder.__call__`` takes them.
+    return_aux: names from ``decoder.AUX_OUTPUTS``; empty: none.
+
+  Returns:
+    (out, aux): ``out`` is ``HeadInputs`` (hidden states and head, no logits) when
+    ``config.model.ce_chunk_size`` chunks this micro-batch (``chunk_size_for``), else the
+    float32 logits; ``token_losses`` and ``lm_sums`` take either. ``aux`` is None when
+    ``return_aux`` is empty.
+  """
+  args = (inputs_BxL, segment_ids_BxL, positions_BxL)
+  chunk_size = chunk_size_for(model, inputs_BxL.size)
+  if chunk_size:
+    h, aux = model.features(*args, return_aux=return_aux)
+    return HeadInputs(h, model.head(), chunk_size), (aux if return_aux else None)
+  if not return_aux:
+    return model(*args), None
+  return model(*args, return_aux=return_aux)
+
+
+def token_losses(out, targets_BxL):
+  """Per-token (cross-entropy, log-partition), float32 [B, L], from the logits or from ``HeadInputs``."""
+  if not isinstance(out, HeadInputs):
+    return token_cross_entropy(out, targets_BxL)
+  b, length, e = out.hidden_BxLxE.shape
+  h_TxE = out.hidden_BxLxE.reshape(b * length, e).astype(out.head_ExV.dtype)
+  ce_T, log_z_T = chunked_ce.chunked_token_cross_entropy(h_TxE, out.head_ExV, targets_BxL.reshape(-1),
+                                                         chunk_size=out.chunk_size)
+  return ce_T.reshape(b, length), log_z_T.reshape(b, length)
+
+
 def lm_sums(logits_BxLxV, batch, num_languages: int, z_loss: float):
-  """LM loss sum, its token normaliser and the LM metric outputs of one text batch."""
-  ce_BxL, log_z_BxL = token_cross_entropy(logits_BxLxV, batch["targets"])
+  """LM loss sum, its token normaliser and the LM metric outputs of one text batch.
+
+  ``logits_BxLxV`` may be ``HeadInputs`` instead: the loss is then computed chunk by chunk.
+  """
+  ce_BxL, log_z_BxL = token_losses(logits_BxLxV, batch["targets"])
   weights_BxL = batch["loss_weights"].astype(jnp.float32)
   ce_sum = jnp.sum(ce_BxL * weights_BxL)
   z_sum = jnp.sum(jnp.square(log_z_BxL) * weights_BxL)
@@ -130,10 +187,8 @@ class LanguageModelling(Objective):
     return {k: FieldSpec((self.config.data.seq_len,)) for k in TEXT_FIELDS}
 
   def forward(self, model, batch):
-    """(logits, MoE aux or None): the decoder's outputs this objective reads."""
-    if not self.aux_outputs:
-      return model(batch["inputs"], batch["segment_ids"], batch["positions"]), None
-    return model(batch["inputs"], batch["segment_ids"], batch["positions"], return_aux=self.aux_outputs)
+    """(logits or ``HeadInputs``, MoE aux or None): the decoder's outputs this objective reads (``decoder_outputs``)."""
+    return decoder_outputs(model, batch["inputs"], batch["segment_ids"], batch["positions"], self.aux_outputs)
 
   def loss_sums(self, model, batch, ctx):
     del ctx  # Deterministic, no schedule.
@@ -141,7 +196,7 @@ class LanguageModelling(Objective):
     return self.lm_loss_sums(logits, aux, batch)
 
   def lm_loss_sums(self, logits, aux, batch):
-    """(loss sum, normaliser, outputs) from the decoder's outputs: LM, plus the router losses when MoE."""
+    """(loss sum, normaliser, outputs) from ``forward``'s outputs: LM, plus the router losses when MoE."""
     loss_sum, weight, outputs = lm_sums(logits, batch, self.num_languages, self.config.optimizer.z_loss)
     outputs["weight"] = weight
     if aux is not None:
