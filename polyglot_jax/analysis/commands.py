@@ -110,25 +110,10 @@ def _logit_lens(args) -> int:
 
 def read_texts(path: str) -> dict[str, list[str]]:
   """language → texts, in file order, from ``{"text", "lang"}`` JSONL; a bad line is a DataError naming it."""
-  if not os.path.isfile(path):
-    raise DataError(f"--input '{path}' does not exist")
+  from polyglot_jax.analysis.routing import read_records
   texts: dict[str, list[str]] = {}
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not a JSON object ({e.msg}); one {{\"text\", \"lang\"}} record per line") \
-            from None
-      if not isinstance(record, dict):
-        raise DataError(f"{path}:{lineno}: not a JSON object; one {{\"text\", \"lang\"}} record per line")
-      for field in ("text", "lang"):
-        if not isinstance(record.get(field), str) or not record[field].strip():
-          raise DataError(f"{path}:{lineno}: field '{field}' is missing or not a non-empty string "
-                          f"(fields: {sorted(record)})")
-      texts.setdefault(record["lang"], []).append(record["text"])
+  for record in read_records(path, "--input"):
+    texts.setdefault(record["lang"], []).append(record["text"])
   if len(texts) < 2:
     raise DataError(f"{path}: LAPE compares languages and needs texts in two or more; found {sorted(texts)}")
   return texts

@@ -37,10 +37,10 @@ from polyglot_jax.models.moe import route
 _WIDTH_BUCKET = 32
 
 
-def read_records(path: str) -> list[dict]:
+def read_records(path: str, flag: str = "--data") -> list[dict]:
   """``{"text", "lang"}`` records from a JSONL file, in file order; a bad line is a DataError naming it."""
   if not os.path.isfile(path):
-    raise DataError(f"--data '{path}' does not exist; give a JSONL file of {{\"text\", \"lang\"}} records")
+    raise DataError(f"{flag} '{path}' does not exist; give a JSONL file of {{\"text\", \"lang\"}} records")
   records = []
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
