@@ -38,6 +38,10 @@ DEFAULT_RULES = (
     # also shard activations along the axis their batch already uses.
     ("batch", ("data", "fsdp")),
     ("length", None),
+    # The residual stream's length between blocks (decoder.py, attention.out, mlp.out):
+    # ("act_length", "tensor") shards it over the tensor axis (sequence parallelism,
+    # docs/scale.md); inside attention and the MLP the length stays whole.
+    ("act_length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_mlp", "tensor"),
@@ -73,6 +77,10 @@ def default_config() -> ConfigDict:
   c.model.scan_layers = True  # lax.scan over stacked layers (fast compiles) or unrolled.
   c.model.remat_policy = "none"  # Per-layer rematerialisation: none | dots | full.
   c.model.attention_block = 128  # Causal attention in query blocks of this size (0: one block).
+  # Attention kernel (models/attention.py): xla (block-causal einsums, any backend) |
+  # dot_product_attention (jax.nn.dot_product_attention; cuDNN flash on GPU) |
+  # splash (Pallas TPU splash attention) | auto (the fastest available on this backend).
+  c.model.attention_impl = "auto"
   # LM head + cross-entropy over token chunks, never building the float32 [tokens, vocab] logits
   # (models/chunked_ce.py): -1 auto (chunked when a micro-batch's logits exceed ce_chunk_threshold_bytes,
   # chunks of ≤ 64 MiB of logits), 0 off, N > 0 chunks of N tokens.
@@ -429,6 +437,9 @@ def _update(node: ConfigDict, values: dict, prefix: str) -> None:
     else:
       if k == "logical_axis_rules":
         v = tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in v)
+        # A config saved before a logical name existed keeps working: the name gets its default rule.
+        named = {name for name, _ in v}
+        v = v + tuple(rule for rule in DEFAULT_RULES if rule[0] not in named)
       set_key(node, k, v, from_string=False)
 
 

@@ -127,7 +127,7 @@ class Attention(nnx.Module):
   def out(self, out_BxLxHxD):
     """The output projection back to the residual stream."""
     out_BxLxE = dense(out_BxLxHxD, self.o_proj[...], dtype_of(self.cfg.dtype), n_in=2)
-    return constrain(out_BxLxE, ("batch", "length", "act_embed"))
+    return constrain(out_BxLxE, ("batch", "act_length", "act_embed"))
 
 
 # Logical axes of the KV cache [layers, B, kv_heads, T, head_dim] (one layer: without the

@@ -29,6 +29,7 @@ class ModelConfig:
   scan_layers: bool = True
   remat_policy: str = "none"
   attention_block: int = 128
+  attention_impl: str = "auto"
   # Chunked cross-entropy (models/chunked_ce.py): -1 auto above the threshold, 0 off, N > 0 tokens per chunk.
   ce_chunk_size: int = -1
   ce_chunk_threshold_bytes: int = 256 * 2**20

@@ -67,7 +67,7 @@ class Block(nnx.Module):
     x_BxLxE = x_BxLxE + self.attn(self.attn_norm(x_BxLxE), cos, sin, segment_ids_BxL)
     f_BxLxE, aux = self.ffn(self.mlp_norm(x_BxLxE), segment_ids_BxL)
     x_BxLxE = x_BxLxE + f_BxLxE
-    return constrain(x_BxLxE, ("batch", "length", "act_embed")), aux
+    return constrain(x_BxLxE, ("batch", "act_length", "act_embed")), aux
 
   def decode(self, x_BxSxE, cos, sin, k_cache, v_cache, start, valid_BxT):
     """The block on S new tokens with this layer's KV cache; returns (x, k_cache, v_cache)."""
@@ -106,7 +106,7 @@ class Decoder(nnx.Module):
     # replicate the whole result instead.
     table_VxE = constrain(self.embedding[...], ("vocab", None))
     x = jnp.take(table_VxE, tokens_BxL, axis=0).astype(dt)
-    return constrain(x, ("batch", "length", "act_embed"))
+    return constrain(x, ("batch", "act_length", "act_embed"))
 
   def hidden_states(self, tokens_BxL, segment_ids_BxL=None, positions_BxL=None, *, per_layer: bool = False):
     """Final-norm hidden states [B, L, E]; with ``per_layer`` also the residual stream of every layer.

@@ -48,4 +48,4 @@ class SwiGLU(nnx.Module):
       h_BxLxF = h_BxLxF * mask[...].astype(h_BxLxF.dtype)
     h_BxLxF = constrain(h_BxLxF, ("batch", "length", "act_mlp"))
     out_BxLxE = dense(h_BxLxF, self.down_proj[...], dt)
-    return constrain(out_BxLxE, ("batch", "length", "act_embed"))
+    return constrain(out_BxLxE, ("batch", "act_length", "act_embed"))

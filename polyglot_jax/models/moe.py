@@ -158,7 +158,7 @@ class MoE(nnx.Module):
       out_BxLxE = out_BxLxE + self.shared(x_BxLxE)
     aux = {"router_logits": logits_TxN, "expert_load": expert_load(indices_TxK, self.num_experts, mask_T),
            "dropped_fraction": dropped}
-    return constrain(out_BxLxE, ("batch", "length", "act_embed")), aux
+    return constrain(out_BxLxE, ("batch", "act_length", "act_embed")), aux
 
   def _weights(self):
     dt = self.dtype
