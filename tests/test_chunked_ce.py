@@ -106,9 +106,8 @@ def _loss_and_grads(setup, params, batch):
 
 @pytest.mark.parametrize("model_overrides,fsdp", [
     ({}, 1),
-    ({}, 2),  # Token chunks under a batch-sharded mesh.
-    ({"model__tie_embeddings": False}, 1),
-    ({"model__num_experts": 4, "model__moe_top_k": 2}, 1),  # The MoE router losses ride along.
+    # An untied head, token chunks under a batch-sharded mesh, and the MoE router losses riding along.
+    ({"model__tie_embeddings": False, "model__num_experts": 4, "model__moe_top_k": 2}, 2),
 ])
 def test_lm_objective_chunked_equals_plain(make_config, model_overrides, fsdp):
   # 8 rows × 64 = 512 tokens; chunks of 48 do not divide them.

@@ -144,3 +144,26 @@ def test_mesh_that_does_not_fit_is_named():
 def test_logical_name_without_rule_is_named():
   with pytest.raises(mesh_lib.MeshError, match="logical axis 'experts' has no entry"):
     mesh_lib.logical_to_spec(("experts",), (("embed", "fsdp"),))
+
+
+def test_sequence_parallel_residual_stream_gives_the_same_loss(make_config):
+  # ("act_length", "tensor") shards the residual stream's length over the tensor axis between blocks.
+  base = make_config()
+  rules = tuple(("act_length", "tensor") if name == "act_length" else (name, t)
+                for name, t in base.logical_axis_rules)
+  sp = make_config(logical_axis_rules=rules)
+  batch_np = random_batch(base, 0)
+  mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+  losses, texts = {}, {}
+  for name, config in (("plain", base), ("sequence", sp)):
+    setup = build(config, 3, mesh=mesh_lib.make_mesh(mesh, jax.devices()))
+    state = setup.init_fn()
+    batch = global_batch(setup, batch_np)
+    texts[name] = setup.train_step.lower(state, batch).as_text()
+    _, metrics = setup.train_step(state, batch)
+    losses[name] = jax.device_get((metrics["loss"], metrics["grad_norm"]))
+  np.testing.assert_allclose(losses["sequence"], losses["plain"], rtol=1e-5)
+  # The rule reached the program: the residual stream [B, L, E] is constrained to L over tensor.
+  residual = '<@mesh, [{"data", "fsdp"}, {"tensor"}, {}]> : tensor<8x64x32xf32>'
+  assert texts["plain"].count(residual) == 0
+  assert texts["sequence"].count(residual) >= 4, "the residual stream is not constrained to length over tensor"
