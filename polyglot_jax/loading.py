@@ -30,8 +30,8 @@ from polyglot_jax.errors import ConfigError, ConvertError
 # block) are the run's own choice and may differ from the checkpoint's.
 ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
                        "rope_theta", "norm_eps", "tie_embeddings", "qkv_bias")
-# config.model MoE fields a checkpoint of ours fixes: the experts and their layers shape the parameters, top-k
-# the function. A Hugging Face directory has none (our HF interop is dense), so a run from one keeps its own.
+# config.model MoE fields a checkpoint fixes: the experts and their layers shape the parameters, top-k
+# the function. A Mixtral directory states them; a dense Hugging Face one has none, so a run from it keeps its own.
 # moe_dispatch and moe_capacity_factor stay the run's choice, like dtype.
 MOE_FIELDS = ("num_experts", "moe_top_k", "moe_layers", "moe_shared_experts")
 
@@ -108,7 +108,7 @@ def apply_init_from(config: ConfigDict, explicit: Iterable[str] = ()) -> ConfigD
   A user starting from a checkpoint does not retype its shape: every
   ``ARCHITECTURE_FIELDS`` entry of ``config.model`` is set from the
   checkpoint, and so is every ``MOE_FIELDS`` entry when the checkpoint is
-  one of ours (a Hugging Face directory keeps the run's MoE settings). A
+  one of ours or a Mixtral directory (a dense Hugging Face directory keeps the run's MoE settings). A
   checkpoint with only some MoE layers also sets ``scan_layers=False``
   unless the user set it. Only a key the user set explicitly (``explicit``:
   dotted keys of command-line overrides) and that contradicts the
@@ -133,6 +133,8 @@ def apply_init_from(config: ConfigDict, explicit: Iterable[str] = ()) -> ConfigD
     saved_model = saved_config(config.init_from).model
     theirs.update({key: saved_model[key] for key in MOE_FIELDS})
     fields += MOE_FIELDS
+  else:  # A Mixtral directory states its MoE settings; a dense one leaves the run's own.
+    fields += tuple(key for key in MOE_FIELDS if key in theirs)
   explicit = set(explicit)
   with config.unlocked():
     for key in fields:

@@ -1,7 +1,7 @@
 """``polyglot-jax convert``: Hugging Face safetensors ↔ our orbax workdirs.
 
     polyglot-jax convert --from_hf HF_DIR --workdir OUT [--dtype float32|bfloat16]
-    polyglot-jax convert --to_hf --workdir W [--step N] --out HF_DIR [--architecture llama|qwen2|mistral]
+    polyglot-jax convert --to_hf --workdir W [--step N] --out HF_DIR [--architecture llama|qwen2|mistral|mixtral]
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def _train_hint(out: str, model: dict) -> str:
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(
       prog="polyglot-jax convert",
-      description="Convert between Hugging Face safetensors checkpoints (Llama, Qwen2, Mistral) and our workdirs.")
+      description="Convert between Hugging Face safetensors checkpoints (Llama, Qwen2, Mistral, Mixtral) and our "
+                  "workdirs.")
   direction = parser.add_mutually_exclusive_group(required=True)
   direction.add_argument("--from_hf", metavar="HF_DIR", help="import this HF model directory into --workdir")
   direction.add_argument("--to_hf", action="store_true", help="export --workdir to the HF directory --out")
@@ -29,7 +30,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--out", help="--to_hf: the HF directory to write (new or empty)")
   parser.add_argument("--step", type=int, help="--to_hf: checkpoint step (default: newest, else params/)")
   parser.add_argument("--architecture", choices=sorted(SHORT_NAMES),
-                      help="--to_hf: default: the imported one, else qwen2 if model.qkv_bias, else llama")
+                      help="--to_hf: default: mixtral for an MoE model, else the imported one, else qwen2 if "
+                           "model.qkv_bias, else llama")
   parser.add_argument("--dtype", choices=DTYPES,
                       help="parameter dtype written (default: float32 on import, the stored dtype on export)")
   parser.add_argument("--max_shard_gb", type=float, default=5.0, help="--to_hf: safetensors shard size limit")

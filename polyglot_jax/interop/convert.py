@@ -11,8 +11,8 @@ import numpy as np
 from polyglot_jax.interop import hf as hf_lib
 from polyglot_jax.interop import tokenizer_files
 from polyglot_jax.interop import workdir as workdir_lib
-from polyglot_jax.interop.hf_config import (ARCHITECTURES, ConvertError, architecture_of, hf_config, model_fields,
-                                            read_json, resolved_model, sliding_window)
+from polyglot_jax.interop.hf_config import (ARCHITECTURES, ConvertError, architecture_of, check_exportable, hf_config,
+                                            model_fields, moe_fields, read_json, resolved_model, sliding_window)
 
 DTYPES = ("float32", "bfloat16", "float16")
 GENERATION_CONFIG = "generation_config.json"
@@ -54,7 +54,8 @@ def import_hf(hf_dir: str, out: str, dtype: str = "float32", progress: Callable[
   tokenizer_files.check_fits(hf_dir, fields["vocab_size"])
   _fresh_dir(out, "--workdir")
   progress(f"{hf_dir}: {arch}, {fields['num_layers']} layers, d_model {fields['d_model']}, "
-           f"{fields['num_heads']}/{fields['num_kv_heads']} q/kv heads, vocab {fields['vocab_size']}")
+           f"{fields['num_heads']}/{fields['num_kv_heads']} q/kv heads, vocab {fields['vocab_size']}"
+           + (f", {fields['num_experts']} experts top-{fields['moe_top_k']}" if fields.get("num_experts") else ""))
   params = hf_lib.read_params(hf_dir, fields, np_dtype, progress)
 
   config = config_lib.default_config()
@@ -114,6 +115,25 @@ def _tokenizer_plan(workdir: str, config, vocab_size: int) -> list[tuple[str, st
   return []
 
 
+def default_architecture(model, base: dict | None) -> str:
+  """--architecture when none is given: mixtral for an MoE model; else the imported one, else qwen2
+  with q/k/v biases and llama without.
+
+  Args:
+    model: config.model.
+    base: the HF config.json the model came from, if any.
+
+  Returns:
+    A short architecture name.
+  """
+  if moe_fields(model)["num_experts"]:
+    return "mixtral"
+  imported = ARCHITECTURES.get(((base or {}).get("architectures") or [None])[0])
+  if imported and imported != "mixtral":
+    return imported
+  return "qwen2" if resolved_model(model)["qkv_bias"] else "llama"
+
+
 def export_hf(workdir: str, out: str, step: int | None = None, architecture: str | None = None,
               dtype: str | None = None, max_shard_gb: float = 5.0,
               progress: Callable[[str], None] = print) -> dict:
@@ -123,8 +143,8 @@ def export_hf(workdir: str, out: str, step: int | None = None, architecture: str
     workdir: a converted workdir (params/) or a training workdir (checkpoints/).
     out: the HF directory to write; must be absent or empty.
     step: checkpoint step (default: the newest checkpoint, else params/).
-    architecture: llama | qwen2 | mistral; default: the one it was imported from, else
-      qwen2 with q/k/v biases and llama without.
+    architecture: llama | qwen2 | mistral | mixtral; default: mixtral for an MoE model, else
+      the one it was imported from, else qwen2 with q/k/v biases and llama without.
     dtype: dtype of the written tensors; default: the stored parameters' dtype.
     max_shard_gb: safetensors shard size limit (GB); larger checkpoints get an index.
     progress: called with one line per shard and step.
@@ -138,12 +158,13 @@ def export_hf(workdir: str, out: str, step: int | None = None, architecture: str
   model = resolved_model(config.model)
   source, base = workdir_lib.origin_hf_config(workdir, config)
   if architecture is None:
-    imported = ARCHITECTURES.get((base or {}).get("architectures", [None])[0])
-    architecture = imported or ("qwen2" if model["qkv_bias"] else "llama")
+    architecture = default_architecture(config.model, base)
+  check_exportable(config.model, architecture)  # Before the parameters are read.
   params, where = workdir_lib.read_params(workdir, step)
   dtype = dtype or str(np.asarray(params["embedding"]).dtype)
   np_dtype = numpy_dtype(dtype)
-  hf = hf_config(config.model, architecture, dtype, base, max(2048, config.data.seq_len))
+  hf = hf_config(config.model, architecture, dtype, base, max(2048, config.data.seq_len),
+                 balance_weight=config.optimizer.get("moe_balance_weight"))
   plan = _tokenizer_plan(workdir, config, model["vocab_size"])
   _fresh_dir(out, "--out")
   os.makedirs(out, exist_ok=True)

@@ -14,6 +14,18 @@ Every tensor maps one to one; only layouts change (see docs/interop.md):
   model.norm.weight              [E]          final_norm/scale       [E]
   lm_head.weight                 [V, E]       lm_head                [E, V]  (untied only)
 
+Mixtral (every layer MoE) has, in place of mlp.*, the original per-expert
+layout that transformers writes by default and every version reads:
+
+  ... block_sparse_moe.gate.weight        [N, E]  blocks/moe/router         [i, E, N]     (transpose)
+  ... block_sparse_moe.experts.j.w1.weight [F, E] blocks/moe/gate_proj      [i, j, E, F]  (transpose)
+  ... block_sparse_moe.experts.j.w3.weight [F, E] blocks/moe/up_proj        [i, j, E, F]  (transpose)
+  ... block_sparse_moe.experts.j.w2.weight [E, F] blocks/moe/down_proj      [i, j, F, E]  (transpose)
+
+The import also reads transformers 5's fused layout (``save_original_format=False``):
+``mlp.gate.weight`` [N, E], ``mlp.experts.gate_up_proj`` [N, 2F, E] (gate rows
+first) and ``mlp.experts.down_proj`` [N, E, F], as views onto the names above.
+
 Both sides use the half-split RoPE layout, so q/k need no row permutation.
 Files are read with ``safetensors`` in NumPy mode: no torch, never pickle.
 """
@@ -25,12 +37,13 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from polyglot_jax.interop.hf_config import ConvertError, resolved_model
+from polyglot_jax.interop.hf_config import ConvertError, moe_fields, resolved_model
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -55,6 +68,17 @@ LAYER_TENSORS = {
     ("mlp", "down_proj"): ("mlp.down_proj.weight", "linear"),
     ("mlp_norm", "scale"): ("post_attention_layernorm.weight", "same"),
 }
+# Per MoE layer (Mixtral): our path under blocks/ → (HF name under model.layers.<i>., layout kind); {j} is the expert.
+MOE_TENSORS = {
+    ("moe", "router"): ("block_sparse_moe.gate.weight", "linear"),
+    ("moe", "gate_proj"): ("block_sparse_moe.experts.{j}.w1.weight", "linear"),
+    ("moe", "up_proj"): ("block_sparse_moe.experts.{j}.w3.weight", "linear"),
+    ("moe", "down_proj"): ("block_sparse_moe.experts.{j}.w2.weight", "linear"),
+}
+# transformers 5's fused Mixtral tensors (under model.layers.<i>.), read as views onto MOE_TENSORS' names.
+FUSED_ROUTER = "mlp.gate.weight"
+FUSED_GATE_UP = "mlp.experts.gate_up_proj"
+FUSED_DOWN = "mlp.experts.down_proj"
 TOP_TENSORS = {
     ("embedding",): ("model.embed_tokens.weight", "same"),
     ("final_norm", "scale"): ("model.norm.weight", "same"),
@@ -63,12 +87,22 @@ TOP_TENSORS = {
 
 
 def layer_shapes(model: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[int, ...]]:
-  """Our per-layer parameter shapes (without the layer axis) for config.model."""
+  """Our per-layer parameter shapes (without the layer axis) for config.model.
+
+  With num_experts > 0 every layer's FFN is the MoE layer (Mixtral: no shared experts);
+  a model with only some MoE layers is refused before this is asked (hf_config.check_exportable).
+  """
   m = resolved_model(model)
   e, h, k, d, f = m["d_model"], m["num_heads"], m["num_kv_heads"], m["head_dim"], m["mlp_dim"]
   shapes = {("attn", "q_proj"): (e, h, d), ("attn", "k_proj"): (e, k, d), ("attn", "v_proj"): (e, k, d),
             ("attn", "o_proj"): (h, d, e), ("attn_norm", "scale"): (e,), ("mlp", "gate_proj"): (e, f),
             ("mlp", "up_proj"): (e, f), ("mlp", "down_proj"): (f, e), ("mlp_norm", "scale"): (e,)}
+  n = moe_fields(model)["num_experts"]
+  if n:
+    for name in ("gate_proj", "up_proj", "down_proj"):
+      del shapes[("mlp", name)]
+    shapes.update({("moe", "router"): (e, n), ("moe", "gate_proj"): (n, e, f), ("moe", "up_proj"): (n, e, f),
+                   ("moe", "down_proj"): (n, f, e)})
   if m["qkv_bias"]:
     shapes.update({("attn", "q_bias"): (h, d), ("attn", "k_bias"): (k, d), ("attn", "v_bias"): (k, d)})
   return shapes
@@ -116,8 +150,15 @@ def to_hf(kind: str, x: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(x)
 
 
-def tensor_plan(model: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], int | None, str, tuple[int, ...]]]:
-  """HF name → (our path, layer index or None, layout kind, our per-layer shape), in file order."""
+Index = tuple[int, ...] | None
+
+
+def tensor_plan(model: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], Index, str, tuple[int, ...]]]:
+  """HF name → (our path, index into our array, layout kind, shape of that slice of ours), in file order.
+
+  The index is None for a top-level tensor, (layer,) for a layer's tensor and
+  (layer, expert) for one expert's weight of an MoE layer.
+  """
   num_layers = resolved_model(model)["num_layers"]
   tops, layers = top_shapes(model), layer_shapes(model)
   plan = {}
@@ -125,8 +166,15 @@ def tensor_plan(model: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], in
   plan[TOP_TENSORS[embed][0]] = (embed, None, TOP_TENSORS[embed][1], tops[embed])
   for i in range(num_layers):
     for path, shape in layers.items():
-      name, kind = LAYER_TENSORS[path]
-      plan[f"model.layers.{i}.{name}"] = (("blocks",) + path, i, kind, shape)
+      if path in MOE_TENSORS:
+        name, kind = MOE_TENSORS[path]
+        if "{j}" in name:
+          for j in range(shape[0]):
+            plan[f"model.layers.{i}.{name.format(j=j)}"] = (("blocks",) + path, (i, j), kind, shape[1:])
+          continue
+      else:
+        name, kind = LAYER_TENSORS[path]
+      plan[f"model.layers.{i}.{name}"] = (("blocks",) + path, (i,), kind, shape)
   for path in (("final_norm", "scale"), ("lm_head",)):
     if path in tops:
       name, kind = TOP_TENSORS[path]
@@ -174,6 +222,57 @@ def safetensors_files(hf_dir: str) -> dict[str, dict[str, tuple[str, tuple[int, 
   return out
 
 
+def _fused_views(hf_dir: str, files: Mapping[str, Mapping[str, tuple]], model: Mapping[str, Any]):
+  """Headers with transformers 5's fused Mixtral tensors replaced by views named as MOE_TENSORS names them.
+
+  Args:
+    hf_dir: the directory (for messages).
+    files: safetensors_files' output.
+    model: the checkpoint's config.model fields.
+
+  Returns:
+    (headers in the form of ``files``, view name → (tensor name in the file, index into it)).
+  """
+  n = moe_fields(model)["num_experts"]
+  if not n:
+    return files, {}
+  m = resolved_model(model)
+  e, f = m["d_model"], m["mlp_dim"]
+  pattern = re.compile(r"^(model\.layers\.\d+)\.(" + "|".join(
+      re.escape(x) for x in (FUSED_ROUTER, FUSED_GATE_UP, FUSED_DOWN)) + r")$")
+  want = {FUSED_ROUTER: (n, e), FUSED_GATE_UP: (n, 2 * f, e), FUSED_DOWN: (n, e, f)}
+  present = {name for tensors in files.values() for name in tensors}
+  headers, views = {}, {}
+  for file_name, tensors in files.items():
+    headers[file_name] = {}
+    for name, (dtype, shape) in tensors.items():
+      match = pattern.match(name)
+      if not match:
+        headers[file_name][name] = (dtype, shape)
+        continue
+      layer, fused = match.groups()
+      if shape != want[fused]:
+        raise ConvertError(f"{file_name}: tensor {name} has shape {list(shape)}, want {list(want[fused])} "
+                           "(from config.json)")
+      if fused == FUSED_ROUTER:
+        parts = {f"{layer}.{MOE_TENSORS['moe', 'router'][0]}": ((), (n, e))}
+      else:
+        parts = {}
+        for j in range(n):
+          expert = f"{layer}.block_sparse_moe.experts.{j}"
+          if fused == FUSED_GATE_UP:  # Gate rows first, then up (transformers chunks it in two).
+            parts[f"{expert}.w1.weight"] = ((j, slice(0, f)), (f, e))
+            parts[f"{expert}.w3.weight"] = ((j, slice(f, 2 * f)), (f, e))
+          else:
+            parts[f"{expert}.w2.weight"] = ((j,), (e, f))
+      for view, (index, view_shape) in parts.items():
+        if view in present:
+          raise ConvertError(f"{hf_dir}: holds both {view} and the fused {name}; keep one layout")
+        headers[file_name][view] = (dtype, view_shape)
+        views[view] = (name, index)
+  return headers, views
+
+
 def _check_tensors(hf_dir: str, files: Mapping[str, Mapping[str, tuple]], plan: Mapping[str, Any], tied: bool) -> None:
   """Names, dtypes and shapes from the file headers, all checked before any data is read."""
   present = {name for tensors in files.values() for name in tensors}
@@ -218,7 +317,7 @@ def read_params(hf_dir: str, model: Mapping[str, Any], dtype, progress: Callable
     scan_layers=True Decoder.
   """
   from safetensors import safe_open
-  files = safetensors_files(hf_dir)
+  files, views = _fused_views(hf_dir, safetensors_files(hf_dir), model)
   plan = tensor_plan(model)
   tied = resolved_model(model)["tie_embeddings"]
   _check_tensors(hf_dir, files, plan, tied)
@@ -234,13 +333,18 @@ def read_params(hf_dir: str, model: Mapping[str, Any], dtype, progress: Callable
     wanted = [name for name in names if name in plan]
     with safe_open(os.path.join(hf_dir, file_name), framework="np") as f:
       for k, name in enumerate(wanted, 1):
-        path, layer, kind, shape = plan[name]
-        x = _finite(_cast(to_ours(kind, f.get_tensor(name), shape), dtype), f"{file_name}: tensor {name}")
+        path, index, kind, shape = plan[name]
+        if name in views:  # A slice of a fused tensor: read only that part.
+          real, part = views[name]
+          stored = f.get_slice(real)[part] if part else f.get_tensor(real)
+        else:
+          stored = f.get_tensor(name)
+        x = _finite(_cast(to_ours(kind, stored, shape), dtype), f"{file_name}: tensor {name}")
         target = _get(params, path)
-        if layer is None:
+        if index is None:
           target[...] = x
         else:
-          target[layer] = x
+          target[index] = x
         done_bytes += x.nbytes
         logging.debug("read %s %s", name, x.shape)
         if time.monotonic() - last > PROGRESS_SECONDS:  # A large shard: say it is still going.
@@ -284,17 +388,42 @@ def _get(tree: dict, path: tuple):
 def hf_tensors(params: dict, model: Mapping[str, Any], dtype) -> Iterator[tuple[str, Callable[[], np.ndarray], int]]:
   """(HF name, thunk giving the tensor, its size in bytes) for our stacked params, in file order."""
   itemsize = np.dtype(dtype).itemsize
-  for name, (path, layer, kind, shape) in tensor_plan(model).items():
+  plan = tensor_plan(model)
+  _check_tree(params, plan)
+  for name, (path, index, kind, shape) in plan.items():
     leaf = _get(params, path)
-    got = tuple(leaf.shape[1:] if layer is not None else leaf.shape)
+    got = tuple(leaf.shape[len(index):] if index is not None else leaf.shape)
     if got != tuple(shape):
+      per = {None: "", 1: " per layer", 2: " per layer and expert"}[None if index is None else len(index)]
       raise ConvertError(f"parameter {'/'.join(path)} has shape {list(leaf.shape)}, config.model implies "
-                         f"{list(shape)} per layer")
+                         f"{list(shape)}{per}")
 
-    def thunk(leaf=leaf, layer=layer, kind=kind, name=name):
-      x = np.asarray(leaf[layer] if layer is not None else leaf)
+    def thunk(leaf=leaf, index=index, kind=kind, name=name):
+      x = np.asarray(leaf[index] if index is not None else leaf)
       return _finite(to_hf(kind, _cast(x, dtype)), f"tensor {name}")
     yield name, thunk, math.prod(shape) * itemsize
+
+
+def _check_tree(params: dict, plan: Mapping[str, Any]) -> None:
+  """Every parameter has a place in the HF layout and vice versa (a stacked tree, as workdir.read_params gives)."""
+  if not isinstance(params.get("blocks"), Mapping) or not params["blocks"] or \
+      all(str(key).isdigit() for key in params["blocks"]):
+    raise ConvertError("the parameters are not stacked over layers (layers of different structure?); "
+                       "only models whose layers are all alike export")
+  ours: set[tuple[str, ...]] = set()
+
+  def walk(tree, prefix):
+    for key, value in tree.items():
+      if isinstance(value, Mapping):
+        walk(value, prefix + (str(key),))
+      else:
+        ours.add(prefix + (str(key),))
+  walk(params, ())
+  wanted = {path for path, _, _, _ in plan.values()}
+  for path in sorted(ours ^ wanted):
+    where = "has no place in the Hugging Face layout" if path in ours else "is missing from the parameters"
+    raise ConvertError(f"parameter {'/'.join(path)} {where}, although config.model implies the layout; "
+                       "the checkpoint does not match its config")
 
 
 def write_params(params: dict, model: Mapping[str, Any], out_dir: str, dtype, max_shard_bytes: int,
