@@ -145,3 +145,16 @@ def test_flops_formula_matches_the_compiler_count():
   ours = forward_flops_per_token(cfg, 32) * tokens.size
   # XLA also counts elementwise work (norms, softmax, RoPE); matmuls dominate.
   assert abs(ours - xla_flops) < 0.05 * xla_flops, (ours, xla_flops)
+
+
+def test_moe_flops_count_the_active_experts_only():
+  from polyglot_jax.models.flops import matmul_params
+  dims = dict(vocab_size=100, d_model=16, num_layers=4, num_heads=2, num_kv_heads=2, head_dim=0, mlp_dim=24,
+              scan_layers=False)
+  dense = matmul_params(ModelConfig(**dims))
+  ffn = 3 * 16 * 24
+  # 8 experts top-2 plus one shared expert on layers 1 and 3: each of those runs 3 FFNs and the router.
+  moe = ModelConfig(**dims, num_experts=8, moe_top_k=2, moe_shared_experts=1, moe_layers="every:2")
+  assert matmul_params(moe) == dense + 2 * (16 * 8 + 2 * ffn)
+  # Stored expert weights beyond the active ones are not counted.
+  assert matmul_params(ModelConfig(**dims, num_experts=64, moe_top_k=1)) == dense + 4 * 16 * 64

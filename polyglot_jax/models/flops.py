@@ -6,12 +6,25 @@ from polyglot_jax.models.config import ModelConfig
 
 
 def matmul_params(cfg: ModelConfig) -> int:
-  """Weights that take part in a matmul per token (embedding lookup excluded)."""
+  """Weights that take part in a matmul per token (embedding lookup excluded).
+
+  For MoE layers these are the active weights: the router, ``moe_top_k``
+  experts and the shared experts (not all ``num_experts``).
+
+  Args:
+    cfg: the model.
+
+  Returns:
+    The weight count.
+  """
   d, h, k, hd, f = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
   attention = d * h * hd + 2 * d * k * hd + h * hd * d
   mlp = 3 * d * f
   head = d * cfg.vocab_size
-  return cfg.num_layers * (attention + mlp) + head
+  moe_layers = len(cfg.moe_layer_ids())
+  # An MoE layer: the router, the top-k experts a token is sent to and the shared experts.
+  moe = d * cfg.num_experts + (cfg.moe_top_k + cfg.moe_shared_experts) * mlp
+  return cfg.num_layers * attention + (cfg.num_layers - moe_layers) * mlp + moe_layers * moe + head
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
