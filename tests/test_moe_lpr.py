@@ -280,3 +280,64 @@ def test_stage2_config_errors_name_the_language_or_key(make_config, overrides, m
   with pytest.raises(ConfigError, match=message) as e:
     moe_lpr.MoELanguagePrior(make_config(**kw), 3)
   assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- router losses in the other objectives
+
+
+def _spec_batch(objective, rng):
+  """A random batch of the objective's fields: real tokens, one document per row, full weights."""
+  batch = {}
+  for name, spec in objective.batch_spec().items():
+    shape = (4,) + tuple(spec.shape)
+    if name.endswith("inputs") or name.endswith("targets"):
+      batch[name] = rng.integers(1, 2000, shape).astype(np.int32)
+    elif name.endswith("segment_ids") or name.endswith("loss_weights"):
+      batch[name] = np.ones(shape, np.float32 if "weights" in name else np.int32)
+    elif name.endswith("positions"):
+      batch[name] = np.broadcast_to(np.arange(shape[-1], dtype=np.int32), shape).copy()
+    else:  # lang ids, word ids and groups: zeros (no anchor words).
+      batch[name] = np.zeros(shape, np.int32)
+  return batch
+
+
+@pytest.mark.parametrize("objective_name, extra", [
+    ("sft", {"data__kind": "instruction"}),
+    ("dpo", {"data__kind": "preference", "dpo__loss_type": "simpo"}),
+    ("prealign", {"data__kind": "word_groups"}),
+])
+def test_sft_dpo_and_prealign_add_the_router_losses(make_config, objective_name, extra):
+  from polyglot_jax.objectives.base import StepContext
+  alpha, beta = 0.05, 0.02
+  configs = {w: make_config(**MOE, objective=objective_name, optimizer__moe_balance_weight=w[0],
+                            optimizer__moe_z_loss=w[1], **extra) for w in ((alpha, beta), (0.0, 0.0))}
+  setup = build(configs[(alpha, beta)], 3, mesh=one_device())
+  params = setup.init_fn().params
+  batch = jax.tree.map(jnp.asarray, _spec_batch(setup.objective, np.random.default_rng(0)))
+  # The router logits of every token the objective's forward sees (DPO: chosen and rejected rows).
+  rows = (jnp.concatenate([batch["chosen_inputs"], batch["rejected_inputs"]]) if objective_name == "dpo"
+          else batch["inputs"])
+  losses = {}
+  with mesh_lib.activate(setup.mesh, setup.config.logical_axis_rules):
+    model = nnx.merge(setup.graphdef, params)
+    _, aux = model(rows, jnp.ones_like(rows), jnp.broadcast_to(jnp.arange(rows.shape[1]), rows.shape),
+                   return_aux=("router_logits",))
+    for weights, config in configs.items():
+      objective = type(setup.objective)(config, 3)
+      assert set(lm.MOE_AUX) <= set(objective.aux_outputs)
+      assert {"moe/balance_loss", "moe/z_loss"} <= set(objective.metrics)
+      ctx = (StepContext(rng=None, step=0, normalizers=objective.normalizers(batch)) if objective.prenormalized
+             else None)
+      loss, _, outputs = objective.loss_sums(model, batch, ctx)
+      losses[weights] = float(loss)
+  router = np.asarray(aux["router_logits"], np.float64)
+  mask = np.ones(router.shape[1], bool)
+  balance = np.mean([np_balance(r, 2, mask)[0] for r in router])
+  z = np.mean([np_z(r, mask) for r in router])
+  norm = {"sft": "weight", "dpo": "pairs", "prealign": "tokens"}[objective_name]
+  np.testing.assert_allclose(float(outputs["moe_balance_sum"] / outputs[norm]), balance, rtol=1e-5)
+  np.testing.assert_allclose(float(outputs["moe_z_sum"] / outputs[norm]), z, rtol=1e-5)
+  term = (alpha * balance + beta * z) * float(outputs[norm])
+  if objective.prenormalized:
+    term /= float(ctx.normalizers["tokens"])
+  np.testing.assert_allclose(losses[(alpha, beta)] - losses[(0.0, 0.0)], term, rtol=1e-4)

@@ -30,7 +30,9 @@ Metrics (TRL's names; means over pairs, each also per language as
 ``rewards/margins``, ``logps/chosen``, ``logps/rejected`` (completion
 log-prob sums, whatever the loss type); ``pairs`` (pairs in the step) and,
 with precomputed references, ``missing_ref_logp``. A pair is real when its
-chosen response has a weighted token; padding rows count nowhere.
+chosen response has a weighted token; padding rows count nowhere. On an MoE
+policy the router losses (balance and z, over the tokens of both sides) are
+added, weighted by the pairs, and the ``moe/*`` metrics reported (docs/moe.md).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from ml_collections import ConfigDict
 
 from polyglot_jax.errors import ConfigError
 from polyglot_jax.objectives.base import TEXT_FIELDS, FieldSpec, Metric, Objective, register
-from polyglot_jax.objectives.lm import decoder_outputs, token_losses
+from polyglot_jax.models.config import ModelConfig
+from polyglot_jax.objectives.lm import MOE_AUX, decoder_outputs, moe_metrics, moe_sums, token_losses
 
 LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")  # Loss types that use no reference model.
@@ -184,14 +187,23 @@ def completion_logps(logits_BxLxV, targets_BxL, loss_weights_BxL):
   return -jnp.sum(ce_BxL * w_BxL, axis=1), jnp.sum(w_BxL, axis=1)
 
 
-def _pair_forward(model, batch):
-  """Completion log-prob sums and lengths of both sides from one forward pass on [chosen; rejected]."""
-  cat = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
-         for k in ("inputs", "targets", "loss_weights", "segment_ids", "positions")}
-  logits, _ = decoder_outputs(model, cat["inputs"], cat["segment_ids"], cat["positions"])
+def _both_sides(batch):
+  """The text fields of [chosen; rejected], concatenated on the batch axis."""
+  return {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
+          for k in ("inputs", "targets", "loss_weights", "segment_ids", "positions")}
+
+
+def _pair_forward(model, batch, return_aux: tuple[str, ...] = ()):
+  """Completion log-prob sums and lengths of both sides from one forward pass on [chosen; rejected].
+
+  With ``return_aux`` (the MoE router outputs) the decoder's aux dict is returned as a third item.
+  """
+  cat = _both_sides(batch)
+  logits, aux = decoder_outputs(model, cat["inputs"], cat["segment_ids"], cat["positions"], return_aux)
   logps, lengths = completion_logps(logits, cat["targets"], cat["loss_weights"])
   b = batch["chosen_inputs"].shape[0]
-  return (logps[:b], logps[b:]), (lengths[:b], lengths[b:])
+  out = (logps[:b], logps[b:]), (lengths[:b], lengths[b:])
+  return out + (aux,) if return_aux else out
 
 
 def _config_error(key: str, value, choices) -> ConfigError:
@@ -243,6 +255,10 @@ class PreferenceOptimisation(Objective):
       metrics[f"{name}/{{lang}}"] = Metric(f"lang_{key}", "lang_pairs", per_language=True)
     if self.reference == "precomputed":
       metrics["missing_ref_logp"] = Metric("missing_ref_logp")
+    self.model_cfg = ModelConfig.from_config(config.model)
+    if self.model_cfg.num_experts:
+      self.aux_outputs = MOE_AUX
+      metrics.update(moe_metrics(self.model_cfg, "pairs"))
     self.metrics = metrics
 
   @classmethod
@@ -279,7 +295,7 @@ class PreferenceOptimisation(Objective):
 
   def loss_sums(self, model, batch, ctx):
     s = self.section
-    (pi_c, pi_r), (n_c, n_r) = _pair_forward(model, batch)
+    (pi_c, pi_r), (n_c, n_r), *aux = _pair_forward(model, batch, self.aux_outputs)
     real_B = n_c > 0
     ref_c = ref_r = None
     missing_B = jnp.zeros_like(real_B)
@@ -325,4 +341,11 @@ class PreferenceOptimisation(Objective):
     outputs.update(pairs=pairs, lang_pairs=jnp.sum(onehot_BxN, axis=0))
     if self.reference == "precomputed":
       outputs["missing_ref_logp"] = jnp.sum(missing_B.astype(jnp.float32))
-    return outputs["loss_sum"], pairs, outputs
+    loss_sum = outputs["loss_sum"]
+    if aux:
+      opt = self.config.optimizer
+      term, moe_outputs = moe_sums(aux[0], _both_sides(batch), pairs, self.model_cfg, opt.moe_balance_weight,
+                                   opt.moe_z_loss)
+      loss_sum = loss_sum + term
+      outputs.update(moe_outputs)
+    return loss_sum, pairs, outputs

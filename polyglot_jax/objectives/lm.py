@@ -107,15 +107,25 @@ LM_METRICS = {
 }
 
 
-def moe_metrics(model_cfg: ModelConfig) -> dict[str, Metric]:
+def moe_metrics(model_cfg: ModelConfig, normalizer: str = "weight") -> dict[str, Metric]:
   """The MoE metrics of ``moe_sums`` for this model (none for a dense one).
 
   Expert loads are named by decoder layer index (``layer_<i>``), not by the
   position among the MoE layers.
+
+  Args:
+    model_cfg: the model.
+    normalizer: the output the objective divides its loss sums by (``weight`` for
+      lm/sft, ``pairs`` for dpo, ``tokens`` for prealign): the ``weight`` given to
+      ``moe_sums``.
+
+  Returns:
+    metric name → ``Metric``.
   """
   if not model_cfg.num_experts:
     return {}
-  out = {"moe/balance_loss": Metric("moe_balance_sum", "weight"), "moe/z_loss": Metric("moe_z_sum", "weight")}
+  out = {"moe/balance_loss": Metric("moe_balance_sum", normalizer),
+         "moe/z_loss": Metric("moe_z_sum", normalizer)}
   if model_cfg.moe_dispatch == "capacity":
     out["moe/dropped_fraction"] = Metric("moe_dropped_sum", "moe_tokens")
   for i in model_cfg.moe_layer_ids():

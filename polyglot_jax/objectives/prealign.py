@@ -37,7 +37,8 @@ from ml_collections import ConfigDict
 
 from polyglot_jax.errors import ConfigError
 from polyglot_jax.objectives.base import TEXT_FIELDS, FieldSpec, Metric, Objective, register
-from polyglot_jax.objectives.lm import lm_sums
+from polyglot_jax.models.config import ModelConfig
+from polyglot_jax.objectives.lm import MOE_AUX, decoder_outputs, lm_sums, moe_metrics, moe_sums
 
 
 def _contrastive_sums(vectors_WxD, group_ids_W, temperature, ignore_WxW=None):
@@ -174,6 +175,10 @@ class PreAlign(Objective):
         "tokens": Metric("tokens"),
         **{f"align_loss/{name}": Metric(f"align_sum/{name}", "words") for name in names},
     }
+    self.model_cfg = ModelConfig.from_config(config.model)
+    if self.model_cfg.num_experts:
+      self.aux_outputs = type(self).aux_outputs + MOE_AUX
+      self.metrics.update(moe_metrics(self.model_cfg, "tokens"))
 
   def batch_spec(self):
     length = self.config.data.seq_len
@@ -193,8 +198,14 @@ class PreAlign(Objective):
 
   def loss_sums(self, model, batch, ctx):
     s = self.section
-    logits, aux = model(batch["inputs"], batch["segment_ids"], batch["positions"], return_aux=("hidden_states",))
+    logits, aux = decoder_outputs(model, batch["inputs"], batch["segment_ids"], batch["positions"],
+                                  self.aux_outputs)
     lm_loss_sum, tokens, outputs = lm_sums(logits, batch, self.num_languages, self.config.optimizer.z_loss)
+    if self.model_cfg.num_experts:  # The router losses, normalised by the LM tokens like the LM loss.
+      opt = self.config.optimizer
+      moe_term, moe_outputs = moe_sums(aux, batch, tokens, self.model_cfg, opt.moe_balance_weight, opt.moe_z_loss)
+      lm_loss_sum = lm_loss_sum + moe_term
+      outputs.update(moe_outputs)
     max_words = batch["word_groups"].shape[1]
     layers = aux["hidden_states"][jnp.asarray(self.layers)]
     vectors_NxBxWxE = word_vectors(layers, batch["word_ids"], batch["positions"], max_words)

@@ -11,7 +11,9 @@ metrics, the response tokens and the examples of each step.
 Metrics (names other code reads): ``loss`` (token-weighted cross-entropy on
 response tokens), ``z_loss``, ``tokens`` (response tokens), ``examples``
 (examples in the step: segments with at least one response token),
-``loss/<lang>`` and, on held-out data, ``ppl/<lang>``.
+``loss/<lang>`` and, on held-out data, ``ppl/<lang>``. It shares the LM
+objective's forward: chunked cross-entropy above the size threshold, and on an
+MoE model the router losses and ``moe/*`` metrics (docs/moe.md).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from polyglot_jax.errors import ConfigError
-from polyglot_jax.objectives.base import TEXT_FIELDS, FieldSpec, Metric, Objective, register
-from polyglot_jax.objectives.lm import LM_METRICS, lm_sums
+from polyglot_jax.objectives.base import Metric, register
+from polyglot_jax.objectives.lm import LM_METRICS, LanguageModelling
 
 SFT_KINDS = ("instruction", "chat")
 
@@ -37,7 +39,7 @@ def count_examples(segment_ids_BxL, loss_weights_BxL):
 
 
 @register("sft")
-class SupervisedFineTuning(Objective):
+class SupervisedFineTuning(LanguageModelling):
   data_kind = "instruction"
   metrics = {**LM_METRICS, "examples": Metric("examples", reduce="sum")}
   summary_metric = "loss/{lang}"
@@ -49,13 +51,9 @@ class SupervisedFineTuning(Objective):
         raise ConfigError(f"config.objective='sft' trains on response tokens; config.data.kind='{c.data.kind}' "
                           f"has none. Use config.data.kind=instruction or chat (or objective=lm for plain text)")
 
-  def batch_spec(self):
-    return {k: FieldSpec((self.config.data.seq_len,)) for k in TEXT_FIELDS}
-
   def loss_sums(self, model, batch, ctx):
     del ctx
-    logits = model(batch["inputs"], batch["segment_ids"], batch["positions"])
-    loss_sum, weight, outputs = lm_sums(logits, batch, self.num_languages, self.config.optimizer.z_loss)
-    outputs["weight"] = weight
+    logits, aux = self.forward(model, batch)
+    loss_sum, weight, outputs = self.lm_loss_sums(logits, aux, batch)
     outputs["examples"] = count_examples(batch["segment_ids"], batch["loss_weights"])
     return loss_sum, weight, outputs
