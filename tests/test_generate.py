@@ -123,6 +123,16 @@ def test_score_matches_log_softmax_of_the_forward_pass(model):
   completion = decode.score(model, seqs, prompt_lengths=[3, 1])
   np.testing.assert_allclose(completion[0], out[0][2:], atol=1e-6)
   np.testing.assert_allclose(completion[1], out[1], atol=1e-6)
+  # Chunked cross-entropy (forced: 3 tokens per chunk) scores the same without the [B, L, V] logits.
+  import dataclasses
+  plain_cfg = model.cfg
+  model.cfg = dataclasses.replace(plain_cfg, ce_chunk_size=3)
+  try:
+    chunked = decode.score(model, seqs)
+  finally:
+    model.cfg = plain_cfg
+  for got, want in zip(chunked, out):
+    np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_generate_and_score_commands_on_a_trained_workdir(make_config, tmp_path, capsys):

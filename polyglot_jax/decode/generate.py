@@ -229,10 +229,13 @@ def _mesh_of(model):
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _token_logps(graphdef, state, tokens_BxL, segment_ids_BxL):
+  from polyglot_jax.objectives.lm import decoder_outputs, token_losses
   model = nnx.merge(graphdef, state)
-  logits = model(tokens_BxL, segment_ids_BxL)
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp, tokens_BxL[:, 1:, None], axis=-1)[..., 0]
+  # Through the LM loss's path: chunked cross-entropy (no [B, L, V] logits) above its size threshold.
+  out, _ = decoder_outputs(model, tokens_BxL, segment_ids_BxL, None)
+  targets_BxL = jnp.pad(tokens_BxL[:, 1:], ((0, 0), (0, 1)))
+  ce_BxL, _ = token_losses(out, targets_BxL)
+  return -ce_BxL[:, :-1]
 
 
 def score(model, token_ids: Sequence[Sequence[int]], prompt_lengths: Sequence[int] | None = None) -> list[np.ndarray]:
