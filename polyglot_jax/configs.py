@@ -78,8 +78,9 @@ def default_config() -> ConfigDict:
   c.model.remat_policy = "none"  # Per-layer rematerialisation: none | dots | full.
   c.model.attention_block = 128  # Causal attention in query blocks of this size (0: one block).
   # Attention kernel (models/attention.py): xla (block-causal einsums, any backend) |
-  # dot_product_attention (jax.nn.dot_product_attention; cuDNN flash on GPU) |
-  # splash (Pallas TPU splash attention) | auto (the fastest available on this backend).
+  # dot_product_attention (jax.nn.dot_product_attention; cuDNN flash on GPU when it fits) |
+  # cudnn (cuDNN flash only, GPU, bf16/fp16; an error elsewhere) | splash (Pallas TPU splash
+  # attention) | auto (splash on TPU, cuDNN on GPU when it fits, else xla).
   c.model.attention_impl = "auto"
   # LM head + cross-entropy over token chunks, never building the float32 [tokens, vocab] logits
   # (models/chunked_ce.py): -1 auto (chunked when a micro-batch's logits exceed ce_chunk_threshold_bytes,

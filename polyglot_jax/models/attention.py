@@ -5,21 +5,38 @@ XLA lowers these, and their gradients, to single GEMMs on every backend,
 while the 3-D einsum forms make the CPU backend contract over two dims at
 once in the backward pass (measured ~1.5× slower, docs/performance.md).
 
-Causal attention is computed in query blocks: block i only scores keys
-0..end of block i, so the all-masked upper triangle is never computed
-(half the score work and softmax on long rows).
+The attention itself has backends, chosen by ``config.model.attention_impl``
+(docs/performance.md, "Attention backends"):
+
+- ``xla``: einsums in query blocks of ``attention_block``; block i only scores
+  keys 0..end of block i, so the all-masked upper triangle is never computed
+  (half the score work and softmax on long rows). Any length, any platform.
+- ``dot_product_attention``: ``jax.nn.dot_product_attention``; cuDNN flash
+  attention on GPU when cuDNN takes the inputs (bfloat16/float16), the
+  function's own XLA implementation (full L×L scores) elsewhere.
+- ``cudnn``: the same function with ``implementation='cudnn'``; GPU only.
+- ``splash``: the Pallas TPU splash-attention kernel; TPU only, or any
+  platform in Pallas interpret mode (``pallas_interpret()``, for tests).
+- ``auto``: splash on TPU, cuDNN on GPU when it takes the inputs, xla otherwise.
+
+Every backend is causal and keeps packed documents apart (segment ids), with
+grouped-query heads; the KV-cache decode path (``Attention.decode``) is one
+einsum pair over the cache whatever the backend.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from polyglot_jax.errors import ConfigError
 from polyglot_jax.mesh import constrain
-from polyglot_jax.models.config import ModelConfig
+from polyglot_jax.models.config import ATTENTION_IMPLS, ModelConfig
 from polyglot_jax.models.layers import apply_rope, dtype_of, param
 
 NEG_INF = -1e30  # Finite, so a fully masked row gives a uniform softmax, not NaN.
@@ -70,7 +87,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxLxE, cos, sin, segment_ids_BxL):
     q_BxLxHxD, k_BxLxKxD, v_BxLxKxD = self.qkv(x_BxLxE, cos, sin)
-    out_BxLxHxD = causal_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, self.cfg.attention_block)
+    out_BxLxHxD = attend(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, self.cfg.attention_impl,
+                         self.cfg.attention_block)
     return self.out(out_BxLxHxD)
 
   def decode(self, x_BxSxE, cos, sin, k_cache_BxKxTxD, v_cache_BxKxTxD, start, valid_BxT):
@@ -135,8 +153,168 @@ class Attention(nnx.Module):
 CACHE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
 
 
+# ---------------------------------------------------------------------------
+# Backends and the choice between them
+# ---------------------------------------------------------------------------
+
+_GPU_PLATFORMS = ("gpu", "cuda")  # cuDNN is NVIDIA's: a ROCm mesh stays 'rocm' (auto: xla).
+# Splash works in blocks of 128 tokens or more (a multiple of the TPU's 128 lanes): rows
+# are padded to a multiple of this, and auto keeps rows shorter than one block on xla.
+SPLASH_MIN_BLOCK = 128
+_SPLASH_BLOCKS = (512, 256, 128)  # Largest first: the block size used is the first that divides the row.
+_settings = {"interpret": False}
+
+
+@contextlib.contextmanager
+def pallas_interpret(enabled: bool = True):
+  """Traces the splash kernel in Pallas interpret mode inside this context.
+
+  Interpret mode evaluates the TPU kernel with ordinary XLA operations, so it
+  runs (slowly) on any platform; the CPU tests compare it with ``xla``. The
+  setting is read when a function is traced, not when it runs.
+
+  Args:
+    enabled: interpret mode on (True) or off (False) inside the context.
+
+  Yields:
+    None; the previous setting is restored on exit.
+  """
+  previous = _settings["interpret"]
+  _settings["interpret"] = enabled
+  try:
+    yield
+  finally:
+    _settings["interpret"] = previous
+
+
+def attention_platform() -> str:
+  """The platform attention is being traced for.
+
+  Returns:
+    'cpu', 'gpu' or 'tpu' (another backend's own name otherwise): the platform
+    of the active mesh's devices (``jax.set_mesh``, which the trainer and the
+    planner's ahead-of-time TPU compiles set), else JAX's default backend.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+  platform = getattr(device, "platform", None) or jax.default_backend()
+  return "gpu" if platform in _GPU_PLATFORMS else platform
+
+
+def cudnn_fits(dtype, head_dim: int) -> bool:
+  """Whether cuDNN flash attention takes these inputs, as far as ``auto`` relies on.
+
+  Args:
+    dtype: the compute dtype of queries, keys and values.
+    head_dim: the size of one head.
+
+  Returns:
+    True for bfloat16 or float16 and a head size that is a multiple of 8 up
+    to 128 (a conservative bound; recent cuDNN versions take larger heads on
+    some GPUs). cuDNN has no float32 flash attention.
+  """
+  return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) and head_dim % 8 == 0 \
+      and head_dim <= 128
+
+
+def _usable(platform: str) -> list[str]:
+  """The backend names that run on ``platform`` without interpret mode."""
+  names = ["auto", "xla", "dot_product_attention"]
+  if platform == "gpu":
+    names.append("cudnn")
+  if platform == "tpu":
+    names.append("splash")
+  return names
+
+
+def resolve_attention_impl(impl: str, platform: str, seq_len: int, dtype, head_dim: int,
+                           interpret: bool = False) -> str:
+  """The backend that runs: ``auto`` resolved, the others checked against the platform.
+
+  Args:
+    impl: ``config.model.attention_impl``, a name from ``ATTENTION_IMPLS``.
+    platform: what ``attention_platform()`` gives.
+    seq_len: the row length L.
+    dtype: the compute dtype.
+    head_dim: the size of one head.
+    interpret: splash runs in Pallas interpret mode (any platform).
+
+  Returns:
+    'xla', 'dot_product_attention', 'cudnn' or 'splash'. ``auto`` gives splash on
+    TPU (rows of at least 128 tokens), cudnn on GPU when ``cudnn_fits``, and xla
+    otherwise (CPU: the block-causal einsums are the fastest there, since the
+    others compute the full L×L scores).
+
+  Raises:
+    ConfigError: one line naming the backend, the platform and the alternatives
+      when ``impl`` is unknown or cannot run on ``platform``.
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ConfigError(f"config.model.attention_impl='{impl}' is unknown; use one of {list(ATTENTION_IMPLS)}")
+  if impl == "auto":
+    if platform == "tpu" and seq_len >= SPLASH_MIN_BLOCK:
+      return "splash"
+    if platform == "gpu" and cudnn_fits(dtype, head_dim):
+      return "cudnn"
+    return "xla"
+  use = f"on {platform} use one of {_usable(platform)}"
+  if impl == "splash" and platform != "tpu" and not interpret:
+    raise ConfigError(f"config.model.attention_impl='splash' (the Pallas TPU splash-attention kernel) cannot run on "
+                      f"{platform}: it needs a TPU, or Pallas interpret mode (attention.pallas_interpret()); {use}")
+  if impl == "cudnn":
+    if platform != "gpu":
+      raise ConfigError(f"config.model.attention_impl='cudnn' (cuDNN flash attention) cannot run on {platform}: "
+                        f"it needs an NVIDIA GPU; {use}")
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+      raise ConfigError(f"config.model.attention_impl='cudnn' (cuDNN flash attention) needs bfloat16 or float16 "
+                        f"compute, not {jnp.dtype(dtype).name}; set config.model.dtype='bfloat16' or {use}")
+  return impl
+
+
+def attend(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, impl: str = "auto", block: int = 128,
+           interpret: bool | None = None):
+  """Causal self-attention within packed documents, by the backend ``impl``.
+
+  Args:
+    q_BxLxHxD: queries with RoPE applied; H is a multiple of K (grouped-query attention).
+    k_BxLxKxD: keys with RoPE applied.
+    v_BxLxKxD: values.
+    segment_ids_BxL: document ids; query i attends to keys j <= i of its own id (padding, id 0,
+      attends to padding, and its outputs are ignored downstream).
+    impl: a name from ``ATTENTION_IMPLS`` (``resolve_attention_impl``).
+    block: the query block of the xla backend (0: one block).
+    interpret: run splash in Pallas interpret mode; None: as ``pallas_interpret()`` set it.
+
+  Returns:
+    [B, L, H, D] in the queries' dtype.
+  """
+  interpret = _settings["interpret"] if interpret is None else interpret
+  platform = attention_platform()
+  hd = q_BxLxHxD.shape[-1]
+  name = resolve_attention_impl(impl, platform, q_BxLxHxD.shape[1], q_BxLxHxD.dtype, hd, interpret)
+  if name == "splash":
+    return splash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, interpret=interpret)
+  if name == "cudnn" or name == "dot_product_attention":
+    cudnn = name == "cudnn" or (platform == "gpu" and cudnn_fits(q_BxLxHxD.dtype, hd))
+    return dot_product_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL,
+                                 implementation="cudnn" if cudnn else "xla")
+  return causal_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, block)
+
+
 def causal_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, block: int):
-  """Softmax attention, causal and within documents, in query blocks of ``block``."""
+  """The ``xla`` backend: softmax attention, causal and within documents, in query blocks.
+
+  Queries go in blocks of ``block`` (the last one shorter when ``block`` does
+  not divide the length); block i scores only keys 0..end of block i, so the
+  largest score tensor is [block, L], never [L, L] (unless one block).
+
+  Args:
+    q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL: as in ``attend``.
+    block: queries per block; 0 (or >= L): one block.
+
+  Returns:
+    [B, L, H, D] in the queries' dtype.
+  """
   b, length, h, hd = q_BxLxHxD.shape
   kvh = k_BxLxKxD.shape[2]
   dt = q_BxLxHxD.dtype
@@ -144,16 +322,128 @@ def causal_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, block: in
   q = (q_BxLxHxD * jnp.asarray(hd ** -0.5, dt)).reshape(b, length, kvh, h // kvh, hd).transpose(0, 2, 3, 1, 4)
   k = k_BxLxKxD.transpose(0, 2, 1, 3)
   v = v_BxLxKxD.transpose(0, 2, 1, 3)
-  if block <= 0 or length % block or length <= block:
+  if block <= 0 or block >= length:
     block = length
   outs = []
   for start in range(0, length, block):
-    end = start + block  # Keys past the block's last query are all masked: skip them.
+    end = min(start + block, length)  # Keys past the block's last query are all masked: skip them.
     logits = jnp.einsum("bkgld,bkmd->bkglm", q[:, :, :, start:end], k[:, :, :end],
                         preferred_element_type=jnp.float32)
-    mask = attention_mask(segment_ids_BxL, start, block, end)
+    mask = attention_mask(segment_ids_BxL, start, end - start, end)
     logits = jnp.where(mask, logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     outs.append(jnp.einsum("bkglm,bkmd->bkgld", probs, v[:, :, :end]))
   out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, length, h, hd)
+
+
+def dot_product_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, implementation: str = "xla"):
+  """The ``dot_product_attention`` and ``cudnn`` backends: ``jax.nn.dot_product_attention``.
+
+  Causality is the function's ``is_causal``; packing is a boolean [B, 1, L, L]
+  same-document mask (cuDNN adds it as a bias; the XLA implementation masks
+  the full L×L scores). Grouped-query heads go in as they are.
+
+  Args:
+    q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL: as in ``attend``.
+    implementation: 'cudnn' (GPU flash attention) or 'xla'.
+
+  Returns:
+    [B, L, H, D] in the queries' dtype.
+  """
+  hd = q_BxLxHxD.shape[-1]
+  dt = q_BxLxHxD.dtype
+  same_doc = (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
+  out = jax.nn.dot_product_attention(q_BxLxHxD, k_BxLxKxD.astype(dt), v_BxLxKxD.astype(dt), mask=same_doc,
+                                     scale=hd ** -0.5, is_causal=True, implementation=implementation)
+  return out.astype(dt)
+
+
+def splash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, interpret: bool = False):
+  """The ``splash`` backend: the Pallas TPU splash-attention kernel (causal mask, segment ids).
+
+  Rows are padded to a multiple of 128 tokens (padding gets its own segment
+  id and is cut off again); blocks of 512, 256 or 128 tokens, the largest that
+  divides the padded row. The multi-head kernel maps query head h to key/value
+  head h // (H / K), which is grouped-query attention as ``xla`` computes it.
+  Under an active mesh of several devices the kernel runs per shard
+  (``shard_map``): rows over the mesh axes of the logical axis 'batch', heads
+  over those of 'act_heads' when they divide the head counts (key/value heads
+  are repeated when only the query heads divide), replicated otherwise.
+
+  Args:
+    q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL: as in ``attend``.
+    interpret: Pallas interpret mode (runs on any platform; for tests).
+
+  Returns:
+    [B, L, H, D] in the queries' dtype.
+  """
+  b, length, h, hd = q_BxLxHxD.shape
+  kvh = k_BxLxKxD.shape[2]
+  dt = q_BxLxHxD.dtype
+  # The kernel takes [heads, L, D] per row; it does not scale the scores itself.
+  q = (q_BxLxHxD * jnp.asarray(hd ** -0.5, dt)).transpose(0, 2, 1, 3)
+  k = k_BxLxKxD.astype(dt).transpose(0, 2, 1, 3)
+  v = v_BxLxKxD.astype(dt).transpose(0, 2, 1, 3)
+  seg = segment_ids_BxL.astype(jnp.int32)
+  pad = -length % SPLASH_MIN_BLOCK
+  if pad:
+    # Padded queries see only padded keys (their own id, causal); real queries never see them (causal).
+    q, k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (q, k, v))
+    seg = jnp.pad(seg, ((0, 0), (0, pad)), constant_values=-1)
+  run = functools.partial(_splash_rows, interpret=interpret)
+  batch_axes, head_axes, repeat = _splash_sharding(b, h, kvh)
+  if repeat > 1:
+    k, v = jnp.repeat(k, repeat, axis=1), jnp.repeat(v, repeat, axis=1)
+  if batch_axes is not None or head_axes is not None:
+    P = jax.sharding.PartitionSpec
+    heads, rows = P(batch_axes, head_axes, None, None), P(batch_axes, None)
+    run = jax.shard_map(run, in_specs=(heads, heads, heads, rows), out_specs=heads, check_vma=False)
+  out = run(q, k, v, seg)
+  return out[:, :, :length].transpose(0, 2, 1, 3).astype(dt)
+
+
+def _splash_sharding(b: int, h: int, kvh: int):
+  """(batch mesh axes, head mesh axes, key/value head repeat) for splash under the active mesh.
+
+  No mesh, or a one-device mesh: (None, None, 1) and no shard_map.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or math.prod(mesh.shape.values()) == 1:
+    return None, None, 1
+  from flax.core import spmd  # The logical rules live in flax's context (mesh.activate).
+  rules = dict(spmd.get_logical_axis_rules() or ())
+
+  def axes(name, taken=()):
+    target = rules.get(name)
+    found = (target,) if isinstance(target, str) else tuple(target or ())
+    return tuple(a for a in found if a in mesh.shape and mesh.shape[a] > 1 and a not in taken)
+
+  batch = axes("batch")
+  heads = axes("act_heads", batch)
+  if b % math.prod(mesh.shape[a] for a in batch):
+    batch = ()
+  n_heads = math.prod(mesh.shape[a] for a in heads)
+  repeat = 1
+  if h % n_heads:
+    heads = ()
+  elif kvh % n_heads:
+    repeat = h // kvh  # Every shard then holds the key/value heads of its own query heads.
+  if not batch and not heads:
+    # Nothing divides: every device runs the whole kernel (still correct, replicated).
+    return None, None, 1
+  return batch or None, heads or None, repeat
+
+
+def _splash_rows(q_BxHxLxD, k_BxKxLxD, v_BxKxLxD, segment_ids_BxL, interpret: bool):
+  """The splash kernel over a batch of rows (one shard's, under shard_map); L a multiple of 128."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+  h, length = q_BxHxLxD.shape[1], q_BxHxLxD.shape[2]
+  blk = next(size for size in _SPLASH_BLOCKS if length % size == 0)
+  sizes = splash.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk, block_kv_dkv=blk,
+                            block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
+  mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((length, length))] * h)
+  kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+  segment_ids = splash.SegmentIds(q=segment_ids_BxL, kv=segment_ids_BxL)
+  return jax.vmap(kernel)(q_BxHxLxD, k_BxKxLxD, v_BxKxLxD, segment_ids)

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 # How tokens reach their experts (models/moe.py): a grouped matmul over tokens
 # sorted by expert (no token dropped), or fixed per-expert buffers (overflow dropped).
 MOE_DISPATCH = ("dropless", "capacity")
+# Attention backends (models/attention.py): auto picks by platform; the others name one kernel.
+ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,9 @@ class ModelConfig:
           f"config.model.num_kv_heads={self.num_kv_heads}; grouped-query attention needs it")
     if self.head_dim % 2:
       raise ValueError(f"config.model.head_dim={self.head_dim} must be even for rotary embeddings")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"config.model.attention_impl='{self.attention_impl}' is unknown; "
+                       f"use one of {list(ATTENTION_IMPLS)}")
     if self.ce_chunk_size < -1:
       raise ValueError(f"config.model.ce_chunk_size={self.ce_chunk_size}; use -1 (auto), 0 (off) or a token count")
     if self.num_experts:
