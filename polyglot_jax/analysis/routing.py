@@ -20,8 +20,6 @@ runs it on a file and writes ``routing.json`` and the ``routing.png`` heatmap.
 from __future__ import annotations
 
 import functools
-import json
-import os
 from typing import Iterable, Mapping
 
 import jax
@@ -30,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from polyglot_jax.data import languages as langs
+from polyglot_jax.data.jsonl import json_objects
 from polyglot_jax.errors import ConfigError, DataError
 from polyglot_jax.models.moe import route
 
@@ -39,25 +38,13 @@ _WIDTH_BUCKET = 32
 
 def read_records(path: str, flag: str = "--data") -> list[dict]:
   """``{"text", "lang"}`` records from a JSONL file, in file order; a bad line is a DataError naming it."""
-  if not os.path.isfile(path):
-    raise DataError(f"{flag} '{path}' does not exist; give a JSONL file of {{\"text\", \"lang\"}} records")
   records = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not a JSON object ({e.msg}); one {{\"text\", \"lang\"}} record per line") \
-            from None
-      if not isinstance(record, dict):
-        raise DataError(f"{path}:{lineno}: not a JSON object; one {{\"text\", \"lang\"}} record per line")
-      for field in ("text", "lang"):
-        if not isinstance(record.get(field), str) or not record[field].strip():
-          raise DataError(f"{path}:{lineno}: field '{field}' is missing or not a non-empty string "
-                          f"(fields: {sorted(record)})")
-      records.append(record)
+  for lineno, record in json_objects(path, '{"text", "lang"}', flag):
+    for field in ("text", "lang"):
+      if not isinstance(record.get(field), str) or not record[field].strip():
+        raise DataError(f"{path}:{lineno}: field '{field}' is missing or not a non-empty string "
+                        f"(fields: {sorted(record)})")
+    records.append(record)
   if not records:
     raise DataError(f"{path} holds no records; one {{\"text\", \"lang\"}} JSON object per line")
   return records

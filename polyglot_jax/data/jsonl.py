@@ -7,7 +7,9 @@ reported with its file:line (``log_rejected``); nothing is dropped silently.
 from __future__ import annotations
 
 import glob
+import json
 import logging
+import os
 from collections import Counter
 from typing import Iterator, Sequence
 
@@ -35,6 +37,37 @@ def iter_lines(paths: Sequence[str], what: str = "corpus file") -> Iterator[tupl
       for lineno, raw in enumerate(handle, 1):
         if raw.strip():
           yield path, lineno, raw
+
+
+def json_objects(path: str, what: str, flag: str = "--input") -> Iterator[tuple[int, dict]]:
+  """(line number, object) of every non-blank line of a JSONL file, strictly.
+
+  For command inputs where a bad line is the user's to fix (unlike the corpus
+  readers, which count and skip): a missing file, a line that is not JSON and a
+  line that is not an object are each a one-line DataError naming the flag or
+  the file:line.
+
+  Args:
+    path: the JSONL file.
+    what: what one record is, for the messages (e.g. ``{"text", "lang"}``).
+    flag: the command-line flag that named the file.
+
+  Returns:
+    An iterator of (1-based line number, dict).
+  """
+  if not os.path.isfile(path):
+    raise DataError(f"{flag} '{path}' does not exist; give a JSONL file of {what} records")
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not a JSON object ({e.msg}); one {what} record per line") from None
+      if not isinstance(record, dict):
+        raise DataError(f"{path}:{lineno}: not a JSON object; one {what} record per line")
+      yield lineno, record
 
 
 def read_jsonl(paths: Sequence[str]) -> tuple[list[tuple[str, str]], Counter]:

@@ -37,6 +37,7 @@ import math
 from collections import Counter
 from typing import Callable, Sequence
 
+from polyglot_jax.data.jsonl import json_objects
 from polyglot_jax.errors import DataError
 
 NO_CORRECT = "no sampled answer reaches the right number"
@@ -119,26 +120,15 @@ def build_preferences(items: Sequence[dict], *, english_answer: Callable[[list[s
 
 def _read(path: str, pivot: str) -> list[dict]:
   items = []
-  try:
-    f = open(path, encoding="utf-8")
-  except OSError:
-    raise DataError(f"--input '{path}' does not exist or cannot be read") from None
-  with f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-      missing = [k for k in ("id", "lang", "question", "answer", "en_question") if k not in record]
-      if missing:
-        raise DataError(f"{path}:{lineno}: missing {missing}; MAPO records are "
-                        '{"id", "lang", "question", "answer", "en_question"}')
-      if not isinstance(record["answer"], (int, float)):
-        raise DataError(f"{path}:{lineno}: 'answer' must be a number, got {record['answer']!r}")
-      if record["lang"] != pivot:
-        items.append(record)
+  for lineno, record in json_objects(path, "MAPO", "--input"):
+    missing = [k for k in ("id", "lang", "question", "answer", "en_question") if k not in record]
+    if missing:
+      raise DataError(f"{path}:{lineno}: missing {missing}; MAPO records are "
+                      '{"id", "lang", "question", "answer", "en_question"}')
+    if not isinstance(record["answer"], (int, float)):
+      raise DataError(f"{path}:{lineno}: 'answer' must be a number, got {record['answer']!r}")
+    if record["lang"] != pivot:
+      items.append(record)
   if not items:
     raise DataError(f"{path}: no question in a language other than the pivot '{pivot}'")
   return items

@@ -19,30 +19,16 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
 
 from tqdm import tqdm
 
+from polyglot_jax.data.jsonl import json_objects
 from polyglot_jax.errors import DataError
 
 
 def _records(path: str, what: str) -> list[tuple[int, dict]]:
   """(line number, record) of every non-blank line; a bad line is a DataError naming it."""
-  if not os.path.isfile(path):
-    raise DataError(f"--input '{path}' does not exist")
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not a JSON object ({e.msg}); one {what} record per line") from None
-      if not isinstance(record, dict):
-        raise DataError(f"{path}:{lineno}: not a JSON object; one {what} record per line")
-      out.append((lineno, record))
-  return out
+  return list(json_objects(path, what, "--input"))
 
 
 def _parser(command: str, input_help: str, out_help: str) -> argparse.ArgumentParser:
