@@ -1,17 +1,18 @@
-"""Metric writers (TensorBoard events + metrics.jsonl), host-side metric reduction, MFU peaks, progress line."""
+"""Metric writers (TensorBoard + metrics.jsonl), host-side reduction, lagged fetches, MFU peaks, progress line."""
 
 from __future__ import annotations
 
+import collections
 import json
-import os
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from polyglot_jax import quiet
+from polyglot_jax.train import paths
 
 # Dense bf16 peak FLOP/s per device, from the vendors' datasheets.
 PEAK_BF16_FLOPS = {
@@ -33,6 +34,8 @@ class JsonlWriter:
 
   Implements clu's MetricWriter interface (registered as a virtual subclass
   in ``make_writer``), so it sits in a clu MultiWriter beside TensorBoard.
+  ``path`` may be a URL (``gs://``): rows are appended once per ``flush``
+  through ``train/paths.py``.
   """
 
   def __init__(self, path: str):
@@ -46,9 +49,9 @@ class JsonlWriter:
   def flush(self):
     if not self._pending:
       return
-    with open(self.path, "a") as f:
-      for step in sorted(self._pending):
-        f.write(json.dumps(self._pending[step]) + "\n")
+    text = "".join(json.dumps(self._pending[step]) + "\n" for step in sorted(self._pending))
+    with paths.open(self.path, "a") as f:
+      f.write(text)
     self._pending.clear()
 
   def close(self):
@@ -68,7 +71,9 @@ def make_writer(workdir: str, kind: str = "train"):
   """clu MultiWriter: TensorBoard + JSONL on process 0; nothing on the others.
 
   ``kind`` train writes ``metrics.jsonl`` and ``tensorboard/train``; eval
-  writes ``eval_metrics.jsonl`` and ``tensorboard/eval``.
+  writes ``eval_metrics.jsonl`` and ``tensorboard/eval``. ``workdir`` may be a
+  ``gs://`` URL: TensorBoard writes there natively, metrics.jsonl through
+  ``train/paths.py``.
 
   clu's writers import TensorFlow, so they are imported here, not at module
   load (benchmarks and tests that write no metrics never load TensorFlow).
@@ -80,8 +85,8 @@ def make_writer(workdir: str, kind: str = "train"):
     return metric_writers.MultiWriter([])
   _keep_tensorflow_off_accelerators()
   return metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard", kind)),
-      JsonlWriter(os.path.join(workdir, "metrics.jsonl" if kind == "train" else f"{kind}_metrics.jsonl")),
+      metric_writers.SummaryWriter(paths.join(workdir, "tensorboard", kind)),
+      JsonlWriter(paths.join(workdir, "metrics.jsonl" if kind == "train" else f"{kind}_metrics.jsonl")),
   ])
 
 
@@ -100,6 +105,87 @@ def _py(v: Any) -> Any:
   if isinstance(v, (np.generic, np.ndarray)):
     return v.item()
   return v
+
+
+class _Period:
+  """One log period: its accumulator, the (step, device metrics) not fetched yet, and its log step."""
+
+  def __init__(self, window: Any):
+    self.window = window
+    self.pending: list[tuple[int, Any]] = []
+    self.log_step: int | None = None
+
+
+class LaggedLog:
+  """Per-step metrics kept as device arrays and fetched to the host once per log period, ``lag`` periods late.
+
+  The train loop ``add``s each step's metrics (jax arrays: nothing waits on
+  the device) and ``close``s the period at each log step. A closed period is
+  fetched (one ``jax.device_get`` for all its steps), absorbed step by step in
+  order and ``emit``ted only once ``lag`` newer periods have closed, so the
+  host dispatches up to ``lag`` log periods ahead of what it has read back.
+  The rows are those an immediate fetch would give: the same steps, in the
+  same order, into the same accumulator; only the time of the fetch changes.
+  ``flush`` (before a checkpoint, at the end) emits every closed period and
+  fetches the open one's steps too (kept for its row), so every step so far
+  has been checked (``absorb`` may raise, e.g. on non-finite updates).
+
+  Args:
+    new_window: makes an empty accumulator for a period.
+    absorb: ``absorb(window, step, host_metrics)`` adds one step's fetched metrics.
+    emit: ``emit(log_step, window)`` writes a period's row.
+    lag: periods held back (0: fetch at the period's own log step).
+  """
+
+  def __init__(self, new_window: Callable[[], Any], absorb: Callable[[Any, int, Any], None],
+               emit: Callable[[int, Any], None], lag: int = 1):
+    self.new_window, self.absorb, self.emit, self.lag = new_window, absorb, emit, lag
+    self._open = _Period(new_window())
+    self._closed: collections.deque[_Period] = collections.deque()
+
+  @property
+  def held_steps(self) -> int:
+    """Steps whose metrics are still on the device."""
+    return len(self._open.pending) + sum(len(p.pending) for p in self._closed)
+
+  def add(self, step: int, device_metrics: Any) -> None:
+    """Keeps one step's metrics in the open period, unfetched.
+
+    Args:
+      step: steps done, this one included.
+      device_metrics: the train step's metrics (a pytree of jax arrays).
+    """
+    self._open.pending.append((step, device_metrics))
+
+  def close(self, log_step: int) -> None:
+    """Ends the open period; fetches and emits the closed periods beyond the newest ``lag``.
+
+    Args:
+      log_step: the step the period's row is written at.
+    """
+    self._open.log_step = log_step
+    self._closed.append(self._open)
+    self._open = _Period(self.new_window())
+    while len(self._closed) > self.lag:
+      self._emit(self._closed.popleft())
+
+  def flush(self) -> None:
+    """Emits every closed period and fetches the open period's steps (its row comes at its own log step)."""
+    while self._closed:
+      self._emit(self._closed.popleft())
+    self._fetch(self._open)
+
+  def _fetch(self, period: _Period) -> None:
+    if not period.pending:
+      return
+    pending, period.pending = period.pending, []
+    fetched = jax.device_get([m for _, m in pending])
+    for (step, _), host in zip(pending, fetched):
+      self.absorb(period.window, step, host)
+
+  def _emit(self, period: _Period) -> None:
+    self._fetch(period)
+    self.emit(period.log_step, period.window)
 
 
 class MatmulCeiling:

@@ -5,6 +5,12 @@ objective, abstract state, shardings, jit'd steps) → restore or initialise
 (init_from) → compile → loop (log, eval, checkpoint, preemption) → final
 evaluation. Nothing here is specific to a method: metric names, batch
 fields and extra state all come from the objective.
+
+The host never waits on the device between steps: batches are made ahead in
+a producer thread (train/prefetch.py; the checkpoint keeps the data state of
+the batches trained on), and each step's metrics stay on the device until
+one log period later (metrics.LaggedLog). The workdir may be a ``gs://`` URL:
+orbax writes there natively, every other file goes through train/paths.py.
 """
 
 from __future__ import annotations
@@ -28,15 +34,22 @@ from polyglot_jax.errors import CheckpointError, ConfigError, TrainingError
 from polyglot_jax.models.flops import train_flops_per_token
 from polyglot_jax.objectives.base import Objective
 from polyglot_jax.train import metrics as metrics_lib
+from polyglot_jax.train import paths
 from polyglot_jax.train.build import Setup, abstract_batch, build, evaluate, global_batch
 from polyglot_jax.train.checkpoint import Checkpointer, shape_signature
 from polyglot_jax.train.distributed import maybe_initialize_distributed
 from polyglot_jax.train.optimizer import learning_rate_schedule
+from polyglot_jax.train.prefetch import Prefetcher
 from polyglot_jax.train.profiling import StepProfiler
 from polyglot_jax.train.state import TrainState
 
 __all__ = ["Setup", "TrainingError", "abstract_batch", "build", "evaluate", "global_batch",
            "maybe_initialize_distributed", "train_and_evaluate"]
+
+# Batches the producer thread makes ahead of the train step.
+PREFETCH_BATCHES = 2
+# Log periods whose metrics stay on the device before they are fetched and written.
+METRICS_LAG_PERIODS = 1
 
 
 def _harness(config: ConfigDict, setup: Setup, workdir: str, writer, is_main: bool):
@@ -69,7 +82,13 @@ def _harness(config: ConfigDict, setup: Setup, workdir: str, writer, is_main: bo
       results = harness.evaluate_model(nnx.merge(setup.graphdef, state.params), tokenizer, tasks, options,
                                        max_len=config.data.seq_len, progress=is_main)
     if is_main:
-      harness.write(results, os.path.join(workdir, "evaluation", f"step_{step}"), {"step": step})
+      out = paths.join(workdir, "evaluation", f"step_{step}")
+      if paths.is_remote(out):  # The harness writes local files (plots too); then they are copied.
+        local = os.path.join(paths.local_mirror(workdir), "evaluation", f"step_{step}")
+        harness.write(results, local, {"step": step})
+        paths.copy_tree(local, out)
+      else:
+        harness.write(results, out, {"step": step})
       print(harness.table(results), flush=True)
     writer.write_scalars(step, harness.scalars(results))
     writer.flush()
@@ -81,6 +100,11 @@ def _harness(config: ConfigDict, setup: Setup, workdir: str, writer, is_main: bo
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   """Trains per config in workdir, resuming from its checkpoints.
 
+  Args:
+    config: the locked run config.
+    workdir: a local directory or a ``gs://BUCKET/PATH`` URL (checkpoints,
+      metrics, TensorBoard events, config.json).
+
   Returns:
     summary: final ``step`` and ``state``, ``compile_seconds``, ``skipped_steps``,
     and the objective's per-language held-out summary metric ``eval_before`` /
@@ -88,19 +112,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     full held-out metrics ``eval_metrics_after``.
   """
   maybe_initialize_distributed()
-  workdir = os.path.abspath(workdir)
-  if os.path.isdir(os.path.join(workdir, "params")) and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  workdir = paths.absolute(workdir)
+  if paths.isdir(paths.join(workdir, "params")) and not paths.isdir(paths.join(workdir, "checkpoints")):
     # A workdir written by `polyglot-jax convert`: training here would overwrite its config.json.
     raise CheckpointError(f"{workdir} holds converted parameters (params/), not a training run; train in a new "
                           f"--workdir with --config.init_from={workdir}")
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   is_main = jax.process_index() == 0
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.to_json(config))
+    paths.write_text(paths.join(workdir, "config.json"), config_lib.to_json(config))
 
   # ---- Data.
-  data = make_data(config, workdir)
+  data = make_data(config, _data_workdir(config, workdir))
   languages = data.languages
   train_batches, held_out = data.train, data.held_out
 
@@ -151,14 +174,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
   run_harness = _harness(config, setup, workdir, eval_writer, is_main)
 
-  before_path = os.path.join(workdir, "eval_before.json")
+  before_path = paths.join(workdir, "eval_before.json")
   if held_out and step == 0:
     before = metrics_lib.per_language(run_eval(0, state, write=False), objective.summary_metric, languages)
     if is_main:
-      with open(before_path, "w") as f:
-        json.dump(before, f)
+      paths.write_text(before_path, json.dumps(before))
   else:
-    before = json.load(open(before_path)) if os.path.exists(before_path) else None
+    before = json.loads(paths.read_text(before_path)) if paths.exists(before_path) else None
 
   # ---- Loop.
   schedule = learning_rate_schedule(config.optimizer, total_steps)
@@ -171,13 +193,41 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   logging.info("MFU peak: %.3g FLOP/s (%s)", peak, peak_source)
 
   profiler = StepProfiler(workdir, config.train.profile_start_step, config.train.profile_steps)
-  window = _Window(objective, languages)
-  pending = None
-  t_window = time.perf_counter()
-  last_logged = step
-  stop_reason = None
   max_skips = config.optimizer.max_consecutive_skips
+  timer = {"t": time.perf_counter(), "step": step}  # When and at which step the last row was written.
+
+  def write_row(log_step: int, window: _Window) -> None:
+    """One log period's row; the rates cover the time since the previous row was fetched."""
+    now = time.perf_counter()
+    elapsed = max(now - timer["t"], 1e-9)
+    steps_per_sec = (log_step - timer["step"]) / elapsed
+    row = window.summary()
+    tokens_per_sec = window.token_slots / elapsed  # Every position, padding included (what the chips ran).
+    real_tokens_per_sec = window.real_tokens / elapsed
+    mfu = tokens_per_sec * flops_per_token / peak if peak else 0.0
+    # The learning rate of the last applied update: skipped steps do not
+    # advance the optimizer's schedule.
+    applied = max(log_step - window.skipped - 1, 0)
+    row.update(learning_rate=float(schedule(applied)), tokens_per_sec=tokens_per_sec,
+               real_tokens_per_sec=real_tokens_per_sec, steps_per_sec=steps_per_sec, mfu=mfu,
+               mfu_real_tokens=real_tokens_per_sec * flops_per_token / peak if peak else 0.0,
+               padding_fraction=1.0 - window.real_tokens / max(window.token_slots, 1.0))
+    writer.write_scalars(log_step, row)
+    writer.flush()
+    if is_main:
+      print(progress.line(log_step, row.get("loss", window.loss()), steps_per_sec, tokens_per_sec, mfu),
+            flush=True)
+    timer.update(t=now, step=log_step)
+
+  metric_log = metrics_lib.LaggedLog(lambda: _Window(objective, languages),
+                                     lambda window, s, m: window.absorb(s, m, max_skips=max_skips),
+                                     write_row, lag=METRICS_LAG_PERIODS)
+  stop_reason = None
+  batches = None
   try:
+    # From here only the producer thread advances train_batches; the checkpoint
+    # asks `batches` for the state of the batches the steps have taken.
+    batches = Prefetcher(train_batches, PREFETCH_BATCHES)
     while step < total_steps:
       # One process: our own SIGTERM flag. Several: only orbax's preemption
       # check, which every host answers alike at the same step (hosts that
@@ -189,57 +239,37 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       if config.train.stop_after_steps and step >= config.train.stop_after_steps:
         stop_reason = "stop_after_steps"
         break
-      batch = global_batch(setup, next(train_batches))
+      batch = global_batch(setup, next(batches))
       profiler.before_step(step)
       state, step_metrics = compiled_step(state, batch)
       step += 1
       profiler.after_step(step, step_metrics)
-      # Read step N-1's metrics only after step N is dispatched: the host
-      # never waits on the device between steps.
-      if pending is not None:
-        window.absorb(*pending, max_skips=max_skips)
-      pending = (step, step_metrics)
+      # The step's metrics stay on the device: they are read one log period
+      # later, so the host never waits on the device between steps.
+      metric_log.add(step, step_metrics)
       if step % config.train.log_every_steps == 0 or step == total_steps:
-        window.absorb(*pending, max_skips=max_skips)
-        pending = None
-        elapsed = time.perf_counter() - t_window
-        steps_per_sec = (step - last_logged) / elapsed
-        row = window.summary()
-        tokens_per_sec = window.token_slots / elapsed  # Every position, padding included (what the chips ran).
-        real_tokens_per_sec = window.real_tokens / elapsed
-        mfu = tokens_per_sec * flops_per_token / peak if peak else 0.0
-        # The learning rate of the last applied update: skipped steps do not
-        # advance the optimizer's schedule.
-        applied = max(step - window.skipped - 1, 0)
-        row.update(learning_rate=float(schedule(applied)), tokens_per_sec=tokens_per_sec,
-                   real_tokens_per_sec=real_tokens_per_sec, steps_per_sec=steps_per_sec, mfu=mfu,
-                   mfu_real_tokens=real_tokens_per_sec * flops_per_token / peak if peak else 0.0,
-                   padding_fraction=1.0 - window.real_tokens / max(window.token_slots, 1.0))
-        writer.write_scalars(step, row)
-        writer.flush()
-        if is_main:
-          print(progress.line(step, row.get("loss", window.loss()), steps_per_sec, tokens_per_sec, mfu),
-                flush=True)
-        window = _Window(objective, languages, skipped=window.skipped)
-        t_window, last_logged = time.perf_counter(), step
+        metric_log.close(step)
       if held_out and config.train.eval_every_steps and step % config.train.eval_every_steps == 0 \
           and step != total_steps:
         run_eval(step, state)
       if run_harness and config.evaluation.every_steps and step % config.evaluation.every_steps == 0 \
           and step != total_steps:
         run_harness(step, state)
-      ckpt.save(step, state, train_batches.get_state, meta)
-    if pending is not None:
-      window.absorb(*pending, max_skips=max_skips)
+      if ckpt.due(step):
+        metric_log.flush()  # Rows written and every step checked before the checkpoint.
+        ckpt.save(step, state, batches.get_state, meta)
+    metric_log.flush()
   except TrainingError:
     ckpt.close()
     raise
   finally:
+    if batches is not None:
+      batches.close()
     profiler.stop()
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
 
-  ckpt.save(step, state, train_batches.get_state, meta, force=True)
+  ckpt.save(step, state, batches.get_state, meta, force=True)
   ckpt.close()
   if stop_reason:
     writer.close()
@@ -257,14 +287,51 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     after = metrics_lib.per_language(final, objective.summary_metric, languages)
     summary.update(eval_before=before, eval_after=after, eval_metrics_after=final)
     if is_main:
-      with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-        json.dump({"step": step, "before": before, "after": after, "metrics": final}, f, indent=2)
+      paths.write_text(paths.join(workdir, "eval_results.json"),
+                       json.dumps({"step": step, "before": before, "after": after, "metrics": final}, indent=2))
       if after:
         print("\nheld-out loss and perplexity per language (before → after training)", flush=True)
         print(metrics_lib.language_table(languages, before, after), flush=True)
   writer.close()
   eval_writer.close()
   return summary
+
+
+def _data_workdir(config: ConfigDict, workdir: str) -> str:
+  """The directory the data backends may write into (the demo corpus): the workdir, or a local mirror of a URL.
+
+  The backends write with local file calls. For a ``gs://`` workdir they get
+  a local directory on every host; when the run builds the demo corpus, it is
+  built once (process 0), kept in ``WORKDIR/demo_data`` and copied from there
+  to every host's local directory, so all hosts read the same corpus and
+  tokenizer, and a resumed run reuses them.
+  """
+  if not paths.is_remote(workdir):
+    return workdir
+  local = paths.local_mirror(workdir)
+  from polyglot_jax.objectives.base import objective_class
+  demo = [c for c in objective_class(config).stream_configs(config).values()
+          if c.data.source == "demo" and not c.data.demo_dir]
+  if not demo:
+    return local
+  from polyglot_jax.data import in_memory
+  train_path, eval_path, spm_prefix = in_memory.demo_paths(demo[0], local)
+  local_dir = os.path.dirname(train_path)
+  remote = paths.join(workdir, os.path.basename(local_dir))
+  names = [os.path.basename(p) for p in (train_path, eval_path, spm_prefix + ".model", spm_prefix + ".vocab")]
+  is_main = jax.process_index() == 0
+  stored = all(paths.exists(paths.join(remote, name)) for name in names)
+  if is_main and stored:
+    paths.copy_tree(remote, local_dir)
+  in_memory.prepare_demo(demo[0], local)  # Process 0 builds what is missing; every host waits for it.
+  if is_main and not stored:
+    paths.copy_tree(local_dir, remote)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("demo corpus in the workdir")
+    if not is_main:
+      paths.copy_tree(remote, local_dir)
+  return local
 
 
 def _init_from(config: ConfigDict, setup: Setup, state: TrainState) -> TrainState:
@@ -302,6 +369,7 @@ class _Window:
   """One log period: the objective's metric window plus the trainer's own figures."""
 
   def __init__(self, objective, languages, skipped: int = 0):
+    """An empty period for ``objective``'s metrics over ``languages``."""
     self.metrics = metrics_lib.MetricWindow(objective.metrics, languages)
     self.loss_sum = 0.0
     self.steps = 0
@@ -310,8 +378,8 @@ class _Window:
     self.real_tokens = 0.0
     self.token_slots = 0.0
 
-  def absorb(self, step: int, device_metrics: dict, max_skips: int) -> None:
-    m = jax.device_get(device_metrics)
+  def absorb(self, step: int, m: dict, max_skips: int) -> None:
+    """Adds step ``step``'s metrics (fetched to the host); raises after ``max_skips`` non-finite updates in a row."""
     self.real_tokens += float(m["real_tokens"])
     self.token_slots += float(m["token_slots"])
     if np.isfinite(m["loss"]):

@@ -12,7 +12,8 @@ usage: tools/tpu/install.sh --name NAME --zone ZONE [--repo URL] [flags] [-- GCL
 On every worker (one ssh with --worker=all): clones the repository (or
 fetches the branch into an existing clone), then runs
 tools/tpu/worker_setup.sh from it, which builds a Python 3.11 venv with
-polyglot_jax[tpu] (libtpu) and installs gcsfuse for gs:// workdirs.
+polyglot_jax[tpu] (libtpu). gs:// workdirs need no mount: the trainer
+writes GCS natively.
 Run it again after pushing changes: every worker moves to the branch head.
 
   --name NAME          TPU VM name

@@ -18,7 +18,7 @@ stop.sh. Rerun the same command to resume from the workdir's checkpoint.
   --name NAME        TPU VM name
   --zone ZONE        its zone
   --project PROJECT  Google Cloud project (default: gcloud's)
-  --workdir DIR      gs://BUCKET/PATH (mounted with gcsfuse on every worker;
+  --workdir DIR      gs://BUCKET/PATH (written natively by every worker;
                      needed for multi-host checkpoints) or a worker path
   --config FILE      config file in the clone (default: configs/demo.py)
   --config.a.b=v     config overrides, passed on to polyglot-jax train

@@ -14,8 +14,10 @@ Runs on a TPU VM worker. Every worker runs the same command; each learns its
 place from the TPU metadata (worker-network-endpoints, agent-worker-number)
 and passes it to the trainer as JAX_COORDINATOR_ADDRESS (worker 0, port
 8482), JAX_NUM_PROCESSES and JAX_PROCESS_ID. A gs://BUCKET/PATH workdir is
-mounted with gcsfuse at ~/gcs/BUCKET, so that every host writes its part of
-each checkpoint into one directory. Training runs under nohup: it outlives
+handed to the trainer as is: orbax writes every host's part of each
+checkpoint to GCS natively, and metrics, TensorBoard events and config.json
+go through tf.io.gfile (no gcsfuse mount; the VM's service account needs
+read/write access to the bucket). Training runs under nohup: it outlives
 the ssh session; output is appended to the log, the pid written beside it.
 Relative paths are under the home directory; --config under the clone.
 
@@ -68,17 +70,13 @@ if [[ -z $COORDINATOR || -z $NUM_PROCESSES || -z $PROCESS_ID ]]; then
   fi
 fi
 
+# A gs:// workdir goes to the trainer unchanged (orbax and tf.io.gfile write GCS
+# themselves); a relative local path is under the home directory.
 if [[ $WORKDIR == gs://* ]]; then
-  path=${WORKDIR#gs://}
-  bucket=${path%%/*}
-  mount="$HOME/gcs/$bucket"
-  if ! mountpoint -q "$mount" 2>/dev/null; then
-    run mkdir -p "$mount"
-    run gcsfuse --implicit-dirs "$bucket" "$mount"
-  fi
-  WORKDIR="$mount${path#"$bucket"}"
+  [[ $WORKDIR =~ ^gs://[^/]+ ]] || die "--workdir $WORKDIR names no bucket; give gs://BUCKET/PATH"
+elif [[ $WORKDIR != /* ]]; then
+  WORKDIR="$HOME/$WORKDIR"
 fi
-[[ $WORKDIR == /* ]] || WORKDIR="$HOME/$WORKDIR"
 
 if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   die "training is already running on $(hostname) (pid $(cat "$pidfile")); tools/tpu/stop.sh stops it"
