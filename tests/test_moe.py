@@ -327,3 +327,30 @@ def test_expert_axis_must_divide_the_experts():
   mesh = mesh_lib.make_mesh({"expert": 4, "fsdp": 2})
   with mesh_lib.activate(mesh, config_lib.DEFAULT_RULES), pytest.raises(ValueError, match=r"config\.mesh\.expert=4"):
     moe_lib.MoE(make_cfg(num_experts=6), nnx.Rngs(params=0))
+
+
+@pytest.mark.parametrize("block", [0, 8, 16])
+def test_blocked_grouped_matmuls_equal_ragged_dot(block):
+  # The CPU dropless path vs jax.lax.ragged_dot: uneven groups, an empty one, values and gradients.
+  from polyglot_jax.models.moe import blocked_grouped_matmuls
+  rng = np.random.default_rng(3)
+  sizes = np.array([13, 0, 40, 1, 9, 25], np.int32)
+  a, e, f = int(sizes.sum()), 12, 20
+  x = jnp.asarray(rng.normal(size=(a, e)).astype(np.float32))
+  ws = [jnp.asarray(rng.normal(size=shape).astype(np.float32) * 0.3)
+        for shape in ((6, e, f), (6, e, f), (6, f, e))]
+  g = jnp.asarray(sizes)
+
+  def ragged(x, gate, up, down):
+    h = jax.nn.silu(jax.lax.ragged_dot(x, gate, g)) * jax.lax.ragged_dot(x, up, g)
+    return jax.lax.ragged_dot(h, down, g)
+
+  def blocked(x, gate, up, down):
+    return blocked_grouped_matmuls(x, g, gate, up, down, block=block)
+
+  np.testing.assert_allclose(blocked(x, *ws), ragged(x, *ws), rtol=1e-5, atol=1e-5)
+  probe = jnp.asarray(rng.normal(size=(a, e)).astype(np.float32))
+  grads = [jax.grad(lambda *p, fn=fn: jnp.sum(fn(*p) * probe), argnums=(0, 1, 2, 3))(x, *ws)
+           for fn in (blocked, ragged)]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -6,12 +6,13 @@ Two ways to get tokens to their experts (``config.model.moe_dispatch``):
 
 * ``dropless``: the T·k (token, slot) assignments are sorted by expert and
   each expert's contiguous rows go through one grouped matmul
-  (``jax.lax.ragged_dot``, group sizes = rows per expert). No token is
-  dropped and no compute is padded.
-* ``capacity``: each expert gets a fixed buffer of ceil(C·T·k/N) rows filled
-  by one-hot dispatch/combine einsums (GShard / Switch); assignments past a
-  full buffer are dropped (top-1 choices fill buffers before top-2 ones) and
-  counted. Fixed shapes, but tokens compete across the batch.
+  (``jax.lax.ragged_dot``, group sizes = rows per expert; on CPU, groups
+  padded to whole blocks, ``blocked_grouped_matmuls``). No token is dropped.
+* ``capacity``: each expert gets a fixed buffer of ceil(C·T·k/N) rows (GShard /
+  Switch), filled by a scatter of the kept assignments and read back by a
+  gather; assignments past a full buffer are dropped (top-1 choices fill
+  buffers before top-2 ones) and counted. Fixed shapes, but tokens compete
+  across the batch.
 
 The expert weights are stacked on a leading ``expert`` axis, which the
 logical rules map to the ``expert`` mesh axis (expert parallelism); fsdp and
@@ -165,23 +166,32 @@ class MoE(nnx.Module):
     return self.gate_proj[...].astype(dt), self.up_proj[...].astype(dt), self.down_proj[...].astype(dt)
 
   def _dropless(self, x_TxE, indices_TxK, weights_TxK):
-    """Sort the T·k assignments by expert, one grouped matmul per projection, unsort and combine."""
+    """Sort the T·k assignments by expert, grouped matmuls over the expert groups, unsort and combine.
+
+    The grouped matmul is ``jax.lax.ragged_dot`` on TPU and GPU. The CPU backend
+    lowers ragged_dot to one dense matmul per expert over all rows (N times the
+    work), so there each group is padded to whole blocks instead
+    (``blocked_grouped_matmuls``): the same rows and result, ≤ N blocks of padding.
+    """
     t, k = indices_TxK.shape
     gate_NxExF, up_NxExF, down_NxFxE = self._weights()
     expert_A = indices_TxK.reshape(t * k)  # A = T·k assignments, token-major.
     order_A = jnp.argsort(expert_A, stable=True)
     x_AxE = jnp.take(x_TxE, order_A // k, axis=0)
     group_sizes_N = jnp.bincount(expert_A, length=self.num_experts).astype(jnp.int32)
-    gate_AxF = jax.lax.ragged_dot(x_AxE, gate_NxExF, group_sizes_N)
-    up_AxF = jax.lax.ragged_dot(x_AxE, up_NxExF, group_sizes_N)
-    h_AxF = jax.nn.silu(gate_AxF) * up_AxF
-    y_AxE = jax.lax.ragged_dot(h_AxF, down_NxFxE, group_sizes_N)
+    if _platform() == "cpu":
+      y_AxE = blocked_grouped_matmuls(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE)
+    else:
+      gate_AxF = jax.lax.ragged_dot(x_AxE, gate_NxExF, group_sizes_N)
+      up_AxF = jax.lax.ragged_dot(x_AxE, up_NxExF, group_sizes_N)
+      h_AxF = jax.nn.silu(gate_AxF) * up_AxF
+      y_AxE = jax.lax.ragged_dot(h_AxF, down_NxFxE, group_sizes_N)
     # Back to token-major order: sorted row r is assignment order_A[r].
     y_TxKxE = jnp.zeros_like(y_AxE).at[order_A].set(y_AxE, unique_indices=True).reshape(t, k, -1)
     return jnp.einsum("tke,tk->te", y_TxKxE, weights_TxK.astype(y_TxKxE.dtype))
 
   def _capacity(self, x_TxE, indices_TxK, weights_TxK, mask_T):
-    """Fixed per-expert buffers filled by one-hot dispatch; returns (out [T, E], dropped fraction)."""
+    """Fixed per-expert buffers filled by a scatter of the kept assignments; returns (out [T, E], dropped fraction)."""
     t, k = indices_TxK.shape
     n, dt = self.num_experts, self.dtype
     cap = expert_capacity(t, k, n, self.capacity_factor)
@@ -191,21 +201,80 @@ class MoE(nnx.Module):
     rank_KxTxN = jnp.cumsum(choice_KxTxN.reshape(k * t, n), axis=0).reshape(k, t, n) - 1
     row_KxT = jnp.sum(rank_KxTxN * choice_KxTxN, axis=-1)
     kept_KxT = (row_KxT < cap) & (jnp.sum(choice_KxTxN, axis=-1) > 0)
-    slot_KxTxC = jax.nn.one_hot(row_KxT, cap, dtype=jnp.float32) * kept_KxT[..., None]
-    choice_f = choice_KxTxN.astype(jnp.float32)
-    dispatch_TxNxC = jnp.einsum("ktn,ktc->tnc", choice_f, slot_KxTxC)
-    combine_TxNxC = jnp.einsum("ktn,ktc,kt->tnc", choice_f, slot_KxTxC, weights_TxK.T)
-    x_NxCxE = jnp.einsum("tnc,te->nce", dispatch_TxNxC.astype(dt), x_TxE)
+    # Buffer row of each kept (slot, token) assignment in the flattened [N·C] buffers; dropped ones point
+    # past the end, so the scatter skips them and the gather reads zeros. (Gathers and scatters move
+    # T·k rows; one-hot dispatch/combine einsums would cost T·N·C·E multiply-adds.)
+    expert_KxT = indices_TxK.T
+    past_end_KxT = n * cap + jnp.arange(k * t).reshape(k, t)  # Distinct, so the indices stay unique.
+    dest_KxT = jnp.where(kept_KxT, expert_KxT * cap + row_KxT, past_end_KxT)
+    x_KxTxE = jnp.broadcast_to(x_TxE[None], (k,) + x_TxE.shape)
+    x_NxCxE = jnp.zeros((n * cap, x_TxE.shape[-1]), dt).at[dest_KxT.reshape(-1)].set(
+        x_KxTxE.reshape(k * t, -1), mode="drop", unique_indices=True).reshape(n, cap, -1)
     x_NxCxE = constrain(x_NxCxE, ("expert", None, "act_embed"))
     gate_NxExF, up_NxExF, down_NxFxE = self._weights()
     h_NxCxF = jax.nn.silu(jnp.einsum("nce,nef->ncf", x_NxCxE, gate_NxExF)) * jnp.einsum(
         "nce,nef->ncf", x_NxCxE, up_NxExF)
     h_NxCxF = constrain(h_NxCxF, ("expert", None, "act_mlp"))
     y_NxCxE = constrain(jnp.einsum("ncf,nfe->nce", h_NxCxF, down_NxFxE), ("expert", None, "act_embed"))
-    out_TxE = jnp.einsum("tnc,nce->te", combine_TxNxC.astype(dt), y_NxCxE)
+    y_KxTxE = jnp.take(y_NxCxE.reshape(n * cap, -1), dest_KxT, axis=0, mode="fill", fill_value=0)
+    out_TxE = jnp.einsum("kte,kt->te", y_KxTxE, (weights_TxK.T * kept_KxT).astype(dt))
     assigned = jnp.maximum(jnp.sum(valid_T).astype(jnp.float32) * k, 1.0)
     dropped = 1.0 - jnp.sum(kept_KxT).astype(jnp.float32) / assigned
     return out_TxE, dropped
+
+
+def _platform() -> str:
+  """The platform being traced for: the active mesh's devices, else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+  return getattr(device, "platform", None) or jax.default_backend()
+
+
+def block_rows(rows: int, groups: int) -> int:
+  """Rows per block of ``blocked_grouped_matmuls``: a power of two near rows / (4·groups), in [8, 512].
+
+  About four blocks per group on average, so padding (< one block per group) stays
+  near an eighth of the rows while the per-block weight gathers stay few.
+  """
+  target = max(rows // (4 * max(groups, 1)), 1)
+  return int(min(512, max(8, 2 ** int(math.floor(math.log2(target))))))
+
+
+def blocked_grouped_matmuls(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, block: int = 0):
+  """SwiGLU over rows sorted by expert, each expert's rows padded to whole blocks of one expert.
+
+  Row r of group n is placed at its group's padded start + its offset, each block of
+  ``block`` rows is multiplied by its expert's weights (a batched matmul over blocks,
+  weights gathered per block), and the rows are read back in the input order.
+  Padding rows are zero and never read back.
+
+  Args:
+    x_AxE: [A, E] rows sorted by expert (group n = the next group_sizes_N[n] rows).
+    group_sizes_N: [N] int32 rows per expert, summing to A.
+    gate_NxExF, up_NxExF, down_NxFxE: the experts' SwiGLU weights.
+    block: rows per block; 0 picks ``block_rows(A, N)``.
+
+  Returns:
+    [A, E]: down(silu(x·gate) * (x·up)) of each row's expert.
+  """
+  a, e = x_AxE.shape
+  n = group_sizes_N.shape[0]
+  b = block or block_rows(a, n)
+  num_blocks = -(-a // b) + n  # Σ ceil(g_n / b) ≤ A / b + N.
+  padded_N = (group_sizes_N + b - 1) // b * b
+  start_N = jnp.cumsum(group_sizes_N) - group_sizes_N
+  padded_start_N = jnp.cumsum(padded_N) - padded_N
+  expert_A = jnp.repeat(jnp.arange(n), group_sizes_N, total_repeat_length=a)
+  dest_A = padded_start_N[expert_A] + jnp.arange(a) - start_N[expert_A]
+  x_PxE = jnp.zeros((num_blocks * b, e), x_AxE.dtype).at[dest_A].set(x_AxE, unique_indices=True)
+  # Expert of each block: how many groups' padded ends lie at or before its first row.
+  block_expert = jnp.searchsorted(jnp.cumsum(padded_N), jnp.arange(num_blocks) * b, side="right")
+  block_expert = jnp.minimum(block_expert, n - 1)
+  x_BxRxE = x_PxE.reshape(num_blocks, b, e)
+  gate = jnp.einsum("jre,jef->jrf", x_BxRxE, jnp.take(gate_NxExF, block_expert, axis=0))
+  up = jnp.einsum("jre,jef->jrf", x_BxRxE, jnp.take(up_NxExF, block_expert, axis=0))
+  y_BxRxE = jnp.einsum("jrf,jfe->jre", jax.nn.silu(gate) * up, jnp.take(down_NxFxE, block_expert, axis=0))
+  return jnp.take(y_BxRxE.reshape(num_blocks * b, e), dest_A, axis=0)
 
 
 def _check_expert_axis(num_experts: int) -> None:
