@@ -177,17 +177,30 @@ class MoE(nnx.Module):
     gate_NxExF, up_NxExF, down_NxFxE = self._weights()
     expert_A = indices_TxK.reshape(t * k)  # A = T·k assignments, token-major.
     order_A = jnp.argsort(expert_A, stable=True)
-    x_AxE = jnp.take(x_TxE, order_A // k, axis=0)
     group_sizes_N = jnp.bincount(expert_A, length=self.num_experts).astype(jnp.int32)
     if _platform() == "cpu":
-      y_AxE = blocked_grouped_matmuls(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE)
+      # Every row moves once each way: a gather of token rows into the padded blocks and a gather of
+      # each assignment's output row back (only integer indices are scattered).
+      a, n = t * k, self.num_experts
+      b = block_rows(a, n)
+      num_blocks, padded_start_N, block_expert = _block_layout(group_sizes_N, a, b)
+      start_N = jnp.cumsum(group_sizes_N) - group_sizes_N
+      expert_sorted = expert_A[order_A]
+      dest_sorted = padded_start_N[expert_sorted] + jnp.arange(a) - start_N[expert_sorted]
+      dest_A = jnp.zeros((a,), jnp.int32).at[order_A].set(dest_sorted.astype(jnp.int32), unique_indices=True)
+      source_P = jnp.full((num_blocks * b,), t, jnp.int32).at[dest_A].set(
+          jnp.arange(a, dtype=jnp.int32) // k, unique_indices=True)  # Padding rows read token t: zeros.
+      x_PxE = jnp.take(x_TxE, source_P, axis=0, mode="fill", fill_value=0)
+      y_PxE = _block_swiglu(x_PxE, block_expert, b, gate_NxExF, up_NxExF, down_NxFxE)
+      y_TxKxE = jnp.take(y_PxE, dest_A, axis=0).reshape(t, k, -1)
     else:
+      x_AxE = jnp.take(x_TxE, order_A // k, axis=0)
       gate_AxF = jax.lax.ragged_dot(x_AxE, gate_NxExF, group_sizes_N)
       up_AxF = jax.lax.ragged_dot(x_AxE, up_NxExF, group_sizes_N)
       h_AxF = jax.nn.silu(gate_AxF) * up_AxF
       y_AxE = jax.lax.ragged_dot(h_AxF, down_NxFxE, group_sizes_N)
-    # Back to token-major order: sorted row r is assignment order_A[r].
-    y_TxKxE = jnp.zeros_like(y_AxE).at[order_A].set(y_AxE, unique_indices=True).reshape(t, k, -1)
+      # Back to token-major order: sorted row r is assignment order_A[r].
+      y_TxKxE = jnp.zeros_like(y_AxE).at[order_A].set(y_AxE, unique_indices=True).reshape(t, k, -1)
     return jnp.einsum("tke,tk->te", y_TxKxE, weights_TxK.astype(y_TxKxE.dtype))
 
   def _capacity(self, x_TxE, indices_TxK, weights_TxK, mask_T):
@@ -260,21 +273,34 @@ def blocked_grouped_matmuls(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxF
   a, e = x_AxE.shape
   n = group_sizes_N.shape[0]
   b = block or block_rows(a, n)
-  num_blocks = -(-a // b) + n  # Σ ceil(g_n / b) ≤ A / b + N.
-  padded_N = (group_sizes_N + b - 1) // b * b
+  num_blocks, padded_start_N, block_expert = _block_layout(group_sizes_N, a, b)
   start_N = jnp.cumsum(group_sizes_N) - group_sizes_N
-  padded_start_N = jnp.cumsum(padded_N) - padded_N
   expert_A = jnp.repeat(jnp.arange(n), group_sizes_N, total_repeat_length=a)
   dest_A = padded_start_N[expert_A] + jnp.arange(a) - start_N[expert_A]
   x_PxE = jnp.zeros((num_blocks * b, e), x_AxE.dtype).at[dest_A].set(x_AxE, unique_indices=True)
+  y_PxE = _block_swiglu(x_PxE, block_expert, b, gate_NxExF, up_NxExF, down_NxFxE)
+  return jnp.take(y_PxE, dest_A, axis=0)
+
+
+def _block_layout(group_sizes_N, rows: int, b: int):
+  """(number of blocks, padded start of each group [N], expert of each block) for groups padded to blocks of b."""
+  n = group_sizes_N.shape[0]
+  num_blocks = -(-rows // b) + n  # Σ ceil(g_n / b) ≤ rows / b + N.
+  padded_N = (group_sizes_N + b - 1) // b * b
+  padded_start_N = jnp.cumsum(padded_N) - padded_N
   # Expert of each block: how many groups' padded ends lie at or before its first row.
   block_expert = jnp.searchsorted(jnp.cumsum(padded_N), jnp.arange(num_blocks) * b, side="right")
-  block_expert = jnp.minimum(block_expert, n - 1)
-  x_BxRxE = x_PxE.reshape(num_blocks, b, e)
+  return num_blocks, padded_start_N, jnp.minimum(block_expert, n - 1)
+
+
+def _block_swiglu(x_PxE, block_expert, b: int, gate_NxExF, up_NxExF, down_NxFxE):
+  """SwiGLU of each block of b rows with its expert's weights (gathered per block): [P, E] → [P, E]."""
+  p, e = x_PxE.shape
+  x_BxRxE = x_PxE.reshape(p // b, b, e)
   gate = jnp.einsum("jre,jef->jrf", x_BxRxE, jnp.take(gate_NxExF, block_expert, axis=0))
   up = jnp.einsum("jre,jef->jrf", x_BxRxE, jnp.take(up_NxExF, block_expert, axis=0))
   y_BxRxE = jnp.einsum("jrf,jfe->jre", jax.nn.silu(gate) * up, jnp.take(down_NxFxE, block_expert, axis=0))
-  return jnp.take(y_BxRxE.reshape(num_blocks * b, e), dest_A, axis=0)
+  return y_BxRxE.reshape(p, e)
 
 
 def _check_expert_axis(num_experts: int) -> None:
