@@ -80,8 +80,8 @@ def part_functions(v: dict) -> dict:
   cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_theta)
   tokens = jnp.asarray(rng.integers(4, cfg.vocab_size, (b, length)).astype(np.int32))
 
-  def vg(fn):
-    return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(fn(*a)), argnums=(0, 1)))
+  def vg(fn, inputs: int = 2):
+    return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(inputs))))
 
   def attention(p, x):
     blk = nnx.merge(graphdef_block, p)
@@ -94,8 +94,8 @@ def part_functions(v: dict) -> dict:
   q = jnp.asarray(rng.normal(size=(b, length, cfg.num_heads, cfg.head_dim)).astype(np.float32))
   kv = jnp.asarray(rng.normal(size=(b, length, cfg.num_kv_heads, cfg.head_dim)).astype(np.float32))
 
-  def attention_core(q, k):
-    return attend(q, k, kv, seg, cfg.attention_impl, cfg.attention_block)
+  def attention_core(q, k, v):
+    return attend(q, k, v, seg, cfg.attention_impl, cfg.attention_block)
 
   graphdef_model, _ = nnx.split(model)
 
@@ -114,7 +114,7 @@ def part_functions(v: dict) -> dict:
   opt = setup.optimizer
   parts = {
       "attention": (vg(attention), (block_params, x), cfg.num_layers),
-      "attention_core": (vg(attention_core), (q, kv), cfg.num_layers),
+      "attention_core": (vg(attention_core, 3), (q, kv, kv), cfg.num_layers),
       "mlp": (vg(mlp), (block_params, x), cfg.num_layers),
       "head_loss": (vg(head_loss), (params, x), 1),
       "embed": (vg(embed), (params, jnp.ones((), jnp.float32)), 1),
