@@ -66,7 +66,7 @@ def part_functions(v: dict) -> dict:
   setup, config = v["setup"], v["config"]
   d, cfg = config.data, setup.model_cfg
   b, length = d.global_batch_size // config.optimizer.grad_accum_steps, d.seq_len
-  params = v["state"].params
+  params = jax.tree.map(jnp.copy, v["state"].params)  # The step donates (frees) the state's own buffers.
   model = nnx.merge(setup.graphdef, params)
   blocks = model.blocks
   if cfg.scan_layers:
