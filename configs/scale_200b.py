@@ -3,6 +3,8 @@
 Plan (no TPU needed; libtpu from `pip install -e '.[tpu]'`):
     polyglot-jax plan --config configs/scale_200b.py --topology v5p-8192
     polyglot-jax plan --config configs/scale_200b.py --topology v5p-8192 --search --max_compiles 10
+    polyglot-jax plan --config configs/scale_200b.py --topology v5p-1024 --mesh data=2,fsdp=256 \
+        --config.model.remat_policy=full --config.model.ce_chunk_size=262144
 
 Model: 92 layers, d_model 12288, 96 query / 8 key-value heads of 128, SwiGLU
 49152, 256k tied vocabulary: 200B parameters. bf16 compute, float32
@@ -11,13 +13,17 @@ activations). Sequence 4096, 1024 rows per step (4.2M tokens). 4T tokens
 (~20 per parameter) spread by UniMax over the 101 mC4 languages, no
 language repeated more than 4 times.
 
-Expect (docs/scale.md has the measured tables): on v5p-8192 (4096 chips) the
-mesh data=2, fsdp=512, tensor=4 with remat "dots" (the search's pick) fits at
-45.7 of 95.7 GiB per chip; the compiler estimates 3.97 s per step (~70% MFU,
-an upper bound), ~44 days for the 4T tokens. A v5p-1024 (512 chips) needs
-tensor 8, full remat and 8 micro-batches to fit (~430 days). UniMax: 79 of the 101 languages reach
-their 4-epoch cap, the 22 largest get 116B tokens each, English sees 4% of
-its mC4 tokens. A plan takes ~4 minutes on 2 CPU cores.
+Expect (docs/scale.md has the tables; every figure is the XLA TPU compiler's
+estimate, none measured): on v5p-8192 (4096 chips) the mesh data=2,
+fsdp=512, tensor=4 with remat "dots" (the search's pick) and splash
+attention fits at 43.7 of 95.7 GiB per chip with the full logits (1 GiB per
+chip there); the compiler estimates 3.64 s per step (~77% MFU, an upper
+bound), ~40 days for the 4T tokens. A v5p-1024 (512 chips) fits with the
+mesh its search finds, data=2, fsdp=256, remat "full", once the
+cross-entropy is chunked at 512 tokens per chip (ce_chunk_size=262144):
+63.7 GiB per chip, 33.3 s per step (~67% MFU), ~367 days. UniMax: 79 of the
+101 languages reach their 4-epoch cap, the 22 largest get 116B tokens each,
+English sees 4% of its mC4 tokens. A plan takes ~2–6 minutes on 2 CPU cores.
 
 To train it for real, point data.train_files / data.tokenizer at mC4 JSONL
 shards and a 256000-piece SentencePiece model.
@@ -44,6 +50,10 @@ def get_config():
   m.scan_layers = True  # Bounded compile time: one layer compiled, scanned 92 times.
   m.remat_policy = "dots"  # Keep matmul outputs; "full" also fits and costs ~20% more compute.
   m.attention_block = 512
+  # Full float32 logits: one row of 4096 tokens per chip and the vocabulary split 4 ways make them
+  # 1 GiB per chip on v5p-8192, where chunking only adds loop work. The default (-1) would make
+  # 65,536 chunks of 64 tokens (docs/scale.md); on v5p-1024 use 262144 (512 tokens per chip).
+  m.ce_chunk_size = 0
   # The search's pick on v5p-8192 (docs/scale.md): 2 data-parallel replicas, each FSDP over
   # the rest with heads, MLP and vocabulary split 4 ways.
   config.mesh.data = 2

@@ -13,7 +13,7 @@ import pytest
 
 from polyglot_jax import configs as config_lib
 from polyglot_jax.data.languages import MC4_LANGUAGES
-from polyglot_jax.plan import aot, hlo, run_plan, search, topologies
+from polyglot_jax.plan import aot, hlo, report, run_plan, search, topologies
 from polyglot_jax.errors import PlanError
 from conftest import REPO
 
@@ -122,6 +122,28 @@ ENTRY %main (a: f32[8,128]) -> f32[8,128] {
 """
 
 
+_SPLASH_HLO = """HloModule m
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %a = f32[8] parameter(0)
+  %splash_mha_fwd_segmented_residuals.1 = (f32[2,512,128]{2,1,0:T(8,128)}, bf16[2,8,1024,128]{3,2,1,0:T(8,128)(2,1)}) custom-call(%a, %a), custom_call_target="tpu_custom_call", operand_layout_constraints={s8[1,2,2]{2,1,0}, s8[1,2,2]{2,1,0}, bf16[2,8,1024,128]{3,2,1,0}, bf16[2,4,1024,128]{3,2,1,0}, bf16[2,4,1024,128]{3,2,1,0}, s32[2,1024,128]{2,1,0}}
+  %splash_mha_dkv_segmented_no_residuals.1 = (bf16[2,4,1024,128]{3,2,1,0}) custom-call(%a, %a), custom_call_target="tpu_custom_call", operand_layout_constraints={s8[1,2,2]{2,1,0}, s8[1,2,2]{2,1,0}, bf16[2,8,1024,128]{3,2,1,0}, bf16[2,4,1024,128]{3,2,1,0}}
+  %cc = f32[8] custom-call(%a), custom_call_target="ConcatBitcast"
+  ROOT %o = f32[8] add(%a, %a)
+}
+"""
+
+
+def test_pallas_kernels_are_costed_by_the_planner():
+  # The cost model scores a Pallas kernel (tpu_custom_call) by its memory traffic, not as −1 s,
+  # and counts no FLOPs inside it: splash's matmuls come from its operand shapes.
+  assert hlo.uncosted_custom_calls(_SPLASH_HLO) == 1  # ConcatBitcast only.
+  found = hlo.splash_kernels(_SPLASH_HLO)
+  assert found["calls"] == {"fwd": 1, "dq": 0, "dkv": 1} and found["unparsed"] == 0
+  # Rows 2, heads 8, head_dim 128, 1024 tokens in 2 blocks of 512: 3 of the 4 block pairs are causal.
+  assert found["flops"] == (2 + 4) * 2 * 2 * 8 * 128 * 512 * 512 * 3
+
+
 def test_collectives_multiply_loop_bodies_by_their_trip_count():
   found = hlo.collectives(_LOOP_HLO)
   assert found["all-gather"] == {"count": 3, "bytes": 3 * 64 * 128 * 4}
@@ -164,8 +186,17 @@ def test_tiny_step_compiles_for_v5e_8(tiny_plan):
 
 @needs_libtpu
 def test_compiled_flops_agree_with_the_model_formula(tiny_plan):
-  ratio = tiny_plan.compiled_flops_per_step / tiny_plan.model_flops_per_step
+  # attention_impl auto is splash on TPU: its backward recomputes QKᵀ in both kernels (9 matmuls per
+  # block pair against the formula's 6), and with one 256-token block nothing is skipped, so the
+  # step computes the formula's attention term × 1.5. The compiler counts none of it; the planner adds it.
+  assert tiny_plan.attention == "splash"
+  c = tiny_config()
+  attention = 12 * 2 * 4 * 32 * 256 * tiny_plan.tokens_per_step  # 12·layers·heads·head_dim·seq per token.
+  assert tiny_plan.cost_added["splash_flops"] * 8 == pytest.approx(attention * 1.5)
+  expected = tiny_plan.model_flops_per_step + attention / 2
+  ratio = tiny_plan.compiled_flops_per_step / expected
   assert abs(ratio - 1) < FLOPS_TOLERANCE, f"compiled/model FLOPs = {ratio:.3f}"
+  assert c.model.num_layers == 2 and tiny_plan.ce_chunks == (0, 0)
 
 
 @needs_libtpu
@@ -209,6 +240,87 @@ def test_search_ranks_fitting_candidates_by_estimated_step_time():
   assert [p.step_seconds for p in result.ranked] == sorted(p.step_seconds for p in result.ranked)
   assert result.compiles <= 6
   assert any("compile 1/6" in line for line in lines)  # Progress names each candidate.
+
+
+def test_expert_axis_must_divide_num_experts():
+  config = tiny_config(model__num_experts=6)
+  with pytest.raises(PlanError, match=r"^config.model.num_experts=6 is not divisible by mesh expert=4 "):
+    aot.check_divisible(config, {"data": 1, "fsdp": 2, "tensor": 1, "expert": 4})
+  aot.check_divisible(config, {"data": 1, "fsdp": 4, "tensor": 1, "expert": 2})
+  # The search offers only expert sizes that divide num_experts, and none to a dense model.
+  meshes, rejected = search.mesh_candidates(config, 8)
+  assert {m["expert"] for m in meshes} == {1, 2} and rejected["config.model.num_experts"] > 0
+  assert {m["expert"] for m in search.mesh_candidates(tiny_config(model__num_experts=4), 8)[0]} == {1, 2, 4}
+  assert {m["expert"] for m in search.mesh_candidates(tiny_config(), 8)[0]} == {1}
+
+
+def test_sequence_parallel_rule():
+  config = tiny_config()
+  assert not aot.is_sequence_parallel(config)
+  on = aot.with_sequence_parallel(config, True)
+  assert aot.is_sequence_parallel(on) and ("act_length", "tensor") in on.logical_axis_rules
+  assert not aot.is_sequence_parallel(aot.with_sequence_parallel(on, False))
+  assert len(on.logical_axis_rules) == len(config.logical_axis_rules)
+
+
+def test_search_tries_expert_meshes_and_sequence_parallelism(monkeypatch):
+  """The search's loop without compiling: a fake plan_step fits every candidate with sequence parallelism."""
+  seen = []
+
+  def fake_plan_step(config, topology, mesh=None, estimate_cost=True, log=None):
+    sp = aot.is_sequence_parallel(config)
+    seen.append((dict(mesh), config.model.remat_policy, sp))
+    fits = sp or mesh["tensor"] == 1
+    return aot.StepPlan(topology=topology, chips=4, mesh=dict(mesh), remat_policy=config.model.remat_policy,
+                        global_batch_size=16, grad_accum_steps=1, seq_len=256, parameters=1, fits=fits,
+                        hbm_needed_bytes=1.0 if fits else 1e12, hbm_available_bytes=2.0, memory_source="fake",
+                        sequence_parallel=sp, tokens_per_step=4096, model_flops_per_step=1e9)
+
+  def fake_probe_cost(config, sizes, devices, num_languages, log, peak_flops=None):
+    return 1e9, 1.0 + sizes["tensor"] + 2 * sizes["expert"], {"probe_1_layer": 0.0, "probe_2_layer": 0.0}, {}
+
+  monkeypatch.setattr(aot, "plan_step", fake_plan_step)
+  monkeypatch.setattr(aot, "probe_cost", fake_probe_cost)
+  config = tiny_config(model__num_experts=4)
+  result = search.search(config, "v4-8", remats=("none",), max_compiles=40, log=lambda line: None)
+  meshes = [m for m, _, _ in seen]
+  assert any(m["expert"] == 2 for m in meshes) and any(m["expert"] == 4 for m in meshes)
+  # tensor > 1: without sequence parallelism first, then with it; tensor 1 never tries it.
+  tensor2 = [sp for m, _, sp in seen if m["tensor"] == 2]
+  assert tensor2[:2] == [False, True]
+  assert not any(sp for m, _, sp in seen if m["tensor"] == 1)
+  assert all(p.fits for p in result.ranked)
+  assert result.ranked[0].mesh == {"data": 1, "fsdp": 4, "tensor": 1, "expert": 1}
+  assert any(p.sequence_parallel for p in result.ranked)
+  with pytest.raises(PlanError, match="--sequence_parallel maybe"):
+    search.search(config, "v4-8", sequence_parallel="maybe")
+
+
+@needs_libtpu
+def test_moe_plan_on_an_expert_mesh_reports_all_to_all():
+  # Dropless dispatch over experts 2 × fsdp 2; the report names all-to-all even when the compiler emits none.
+  config = tiny_config(model__num_experts=4, model__moe_top_k=2, model__attention_impl="xla",
+                       model__num_layers=1, data__global_batch_size=8, data__seq_len=128)
+  p = aot.plan_step(config, "v4-8", mesh={"fsdp": 2, "expert": 2}, estimate_cost=False)
+  assert p.fits and p.mesh == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 2}
+  assert set(hlo.KINDS) <= set(p.collectives) and p.collectives["all-to-all"]["count"] >= 0
+  table = report.format_step(p, config, topologies.get("v4-8"))
+  assert "4 experts, top-2" in table and "all-to-all" in table
+  with pytest.raises(PlanError, match=r"num_experts=4 is not divisible by mesh expert=8"):
+    aot.plan_step(tiny_config(model__num_experts=4), "v4-16", mesh={"expert": 8})
+
+
+@needs_libtpu
+def test_sequence_parallel_step_with_chunked_cross_entropy_is_costed():
+  # 2048 tokens in 4 chunks of 512: the probes count one chunk of each loop; the planner adds the other 3.
+  config = aot.with_sequence_parallel(tiny_config(model__attention_impl="xla", model__ce_chunk_size=512,
+                                                  model__num_layers=1, data__global_batch_size=8), True)
+  p = aot.plan_step(config, "v4-8", mesh={"fsdp": 2, "tensor": 2})
+  assert p.fits and p.sequence_parallel and p.ce_chunks == (4, 512)
+  assert "sequence parallel (act_length → tensor)" in report.format_step(p, config, topologies.get("v4-8"))
+  # One chunk forward and backward: the head matmul, its recompute and two gradient matmuls, 8·c·E·V.
+  assert p.cost_added["ce_loop_flops"] * 4 == pytest.approx(3 * 8 * 512 * 128 * 1024, rel=0.1)
+  assert p.cost_added["ce_loop_seconds"] > 0 and p.step_seconds > p.cost_added["ce_loop_seconds"]
 
 
 def test_mesh_candidates_respect_divisibility():

@@ -27,15 +27,24 @@ present) and compiled by the XLA TPU compiler. From the compiled program:
 its per-operation cost model; it is not a measurement. The cost model scores
 an operation it cannot estimate (a top-level custom-call such as
 ConcatBitcast) as −1 s; those are counted in the HLO and added back
-(hlo.uncosted_custom_calls), so the estimate leaves them out. MFU here is model
-FLOPs (models/flops.py, the trainer's MFU numerator) over that estimated
-time and the chip's peak.
+(hlo.uncosted_custom_calls), so the estimate leaves them out. Two more gaps are
+filled by the planner (probe_cost): the matmuls inside Pallas kernels (splash
+attention: the cost model sees only their memory traffic) are added at the
+chip's peak rate, and the chunked cross-entropy's loops (a body counts once)
+get their other chunks from one more probe with those loops unrolled twice.
+MFU here is model FLOPs (models/flops.py, the trainer's MFU numerator) over
+that estimated time and the chip's peak.
+
+Sequence parallelism is a logical-axis rule, ("act_length", "tensor")
+(with_sequence_parallel); the planner compiles whichever rules it is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import re
@@ -54,7 +63,9 @@ NO_WINDOWED_EINSUM = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                       "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 # Logical axis name of a weight dimension → the config.model field that sizes it.
 _MODEL_DIMS = {"vocab": "vocab_size", "embed": "d_model", "heads": "num_heads", "kv_heads": "num_kv_heads",
-               "mlp": "mlp_dim", "head_dim": "head_dim", "layers": "num_layers"}
+               "mlp": "mlp_dim", "head_dim": "head_dim", "layers": "num_layers", "expert": "num_experts"}
+# The rule that shards the residual stream's length over the tensor axis (sequence parallelism).
+SEQUENCE_PARALLEL_RULE = ("act_length", "tensor")
 
 
 @dataclasses.dataclass
@@ -82,6 +93,12 @@ class StepPlan:
   mfu: float | None = None
   collectives: dict[str, Any] = dataclasses.field(default_factory=dict)
   compile_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+  sequence_parallel: bool = False  # Residual stream's length sharded over tensor (("act_length", "tensor")).
+  attention: str = ""  # The attention backend the step runs (config.model.attention_impl resolved for TPU).
+  ce_chunks: tuple[int, int] = (0, 0)  # Chunked cross-entropy: (chunks, tokens per chunk); (0, 0) = full logits.
+  # What the planner added to the compiler's cost (see probe_cost): Pallas kernels' matmuls and the
+  # chunked cross-entropy loop's other iterations, per chip per step.
+  cost_added: dict[str, float] = dataclasses.field(default_factory=dict)
 
   @property
   def headroom_bytes(self) -> float:
@@ -153,6 +170,8 @@ def check_divisible(config: ConfigDict, sizes: Mapping[str, int]) -> None:
     return (target,) if isinstance(target, str) else tuple(target or ())
 
   for logical, key in _MODEL_DIMS.items():
+    if key == "num_experts" and m.get("num_experts", 0) <= 0:
+      continue  # A dense model has no expert dimension: an expert axis only replicates it.
     axes = axes_of(logical)
     shards = math.prod(sizes[a] for a in axes)
     value = head_dim if key == "head_dim" else m[key]
@@ -176,6 +195,96 @@ def with_overrides(config: ConfigDict, values: Mapping[str, Any]) -> ConfigDict:
   for key, value in values.items():
     config_lib.set_key(out, key, value, from_string=False)
   return out
+
+
+def is_sequence_parallel(config: ConfigDict) -> bool:
+  """Whether config's rules shard the residual stream's length ("act_length") over the tensor axis.
+
+  Args:
+    config: a config with logical_axis_rules.
+
+  Returns:
+    True when the "act_length" rule names the tensor axis.
+  """
+  target = dict(mesh_lib.rules_tuple(config.logical_axis_rules)).get("act_length")
+  return "tensor" in ((target,) if isinstance(target, str) else tuple(target or ()))
+
+
+def with_sequence_parallel(config: ConfigDict, enabled: bool) -> ConfigDict:
+  """A copy of config whose "act_length" rule is ("act_length", "tensor") (enabled) or None.
+
+  Args:
+    config: the run's config.
+    enabled: shard the residual stream between blocks over the tensor axis (sequence
+      parallelism, as MaxText does) or keep it whole.
+
+  Returns:
+    the copy; every other rule is kept.
+  """
+  rules = [r for r in mesh_lib.rules_tuple(config.logical_axis_rules) if r[0] != "act_length"]
+  rules.append(SEQUENCE_PARALLEL_RULE if enabled else ("act_length", None))
+  return with_overrides(config, {"logical_axis_rules": tuple(rules)})
+
+
+def attention_backend(config: ConfigDict) -> str:
+  """The attention backend a TPU step runs: config.model.attention_impl with ``auto`` resolved.
+
+  Args:
+    config: the planned config.
+
+  Returns:
+    'xla', 'dot_product_attention' or 'splash' (models/attention.resolve_attention_impl on "tpu").
+  """
+  from polyglot_jax.models import attention
+  m = config.model
+  head_dim = m.head_dim if m.head_dim > 0 else m.d_model // m.num_heads
+  return attention.resolve_attention_impl(m.attention_impl, "tpu", config.data.seq_len, m.dtype, head_dim)
+
+
+def ce_chunking(config: ConfigDict) -> tuple[int, int]:
+  """(chunks, tokens per chunk) of the chunked cross-entropy for one micro-batch; (0, 0) when it is off.
+
+  The same resolution the objective makes (models/chunked_ce.resolve_chunk_size)
+  over the micro-batch's tokens (all chips together).
+
+  Args:
+    config: the planned config (model.ce_chunk_size, batch, grad_accum_steps).
+
+  Returns:
+    (number of chunks, tokens per chunk), both over all chips.
+  """
+  from polyglot_jax.models import chunked_ce
+  m, d = config.model, config.data
+  tokens = d.global_batch_size // config.optimizer.grad_accum_steps * d.seq_len
+  chunk = chunked_ce.resolve_chunk_size(tokens, m.vocab_size, m.ce_chunk_size, m.ce_chunk_threshold_bytes)
+  return (-(-tokens // chunk), chunk) if chunk else (0, 0)
+
+
+def logits_bytes_per_chip(config: ConfigDict, sizes: Mapping[str, int]) -> float:
+  """Bytes of the float32 logits one chip holds at once: the micro-batch's, or one chunk's when chunked.
+
+  An analytic figure (not the compiler's): tokens per chip (the "batch" axes split the rows; a chunk's
+  tokens are spread over the same axes) × the vocabulary over the "act_vocab" axes × 4 bytes. The
+  gradient of the full logits is another array of the same size.
+
+  Args:
+    config: the planned config.
+    sizes: mesh axis sizes.
+
+  Returns:
+    bytes per chip.
+  """
+  rules = dict(mesh_lib.rules_tuple(config.logical_axis_rules))
+
+  def shards(logical):
+    target = rules.get(logical)
+    return math.prod(sizes[a] for a in ((target,) if isinstance(target, str) else tuple(target or ())))
+
+  d = config.data
+  chunks, chunk = ce_chunking(config)
+  tokens = -(-chunk // shards("batch")) if chunks else d.global_batch_size // config.optimizer.grad_accum_steps \
+      // shards("batch") * d.seq_len
+  return float(tokens * -(-config.model.vocab_size // shards("act_vocab")) * 4)
 
 
 # ---------------------------------------------------------------------------
@@ -266,8 +375,22 @@ def _cost(compiled) -> tuple[float, float | None]:
 
 
 def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_languages: int,
-               log: Callable[[str], None]) -> tuple[float, float | None, dict[str, float]]:
+               log: Callable[[str], None], peak_flops: float | None = None
+               ) -> tuple[float, float | None, dict[str, float], dict[str, float]]:
   """Cost of one train step from compiles of the same step with 1 and 2 unrolled layers.
+
+  Two things the compiler's ``cost_analysis`` leaves out are added:
+
+  - **Pallas kernels** (splash attention): the cost model charges a kernel's
+    operands and results as memory traffic and counts no FLOPs inside it.
+    Their matmul FLOPs (hlo.splash_kernels) are added to the FLOPs, and to the
+    time at the chip's peak bf16 rate (``peak_flops``): the MXU time of a
+    kernel that runs at 100% of peak, on top of its memory traffic.
+  - **The chunked cross-entropy loops** (models/chunked_ce.py): a ``while``
+    body counts once, so the probes see one chunk of many. The 1-layer probe
+    is compiled once more with those scans unrolled twice (two chunks per
+    loop iteration); the difference is one chunk's cost, forward and backward
+    loop together, in the step's own shardings, and chunks − 1 of it are added.
 
   Args:
     config: the step's config, mesh sizes already set.
@@ -275,29 +398,83 @@ def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_langua
     devices: the slice's devices.
     num_languages: languages of the objective's metrics.
     log: progress lines.
+    peak_flops: bf16 FLOP/s per chip, for the time of the Pallas kernels' matmuls (None: their
+      FLOPs are added, their time is not).
 
   Returns:
-    (FLOPs per chip, estimated seconds or None, {probe name: compile seconds}),
+    (FLOPs per chip, estimated seconds or None, {probe name: compile seconds}, {what was added to
+    the compiler's figures: splash_flops, splash_seconds, ce_loop_flops, ce_loop_seconds, per chip
+    per step; and the compiler's own figures for each probe, probe_N_layer_flops / _seconds}),
     extrapolated to config.model.num_layers and multiplied by grad_accum_steps.
   """
   accum = config.optimizer.grad_accum_steps
   layers = config.model.num_layers
   base = {"model.scan_layers": False, "optimizer.grad_accum_steps": 1,
           "data.global_batch_size": config.data.global_batch_size // accum}
-  results, timings = [], {}
-  for depth in sorted({1, min(2, layers)}):
+  chunks, chunk = ce_chunking(config)
+  results, timings, splash, raw = [], {}, [], {}
+  probes = [(depth, 1) for depth in sorted({1, min(2, layers)})] + ([(1, 2)] if chunks > 1 else [])
+  for depth, unroll in probes:
     probe = with_overrides(config, dict(base, **{"model.num_layers": depth}))
     setup, batch = build_setup(probe, sizes, devices, num_languages)
+    name = f"probe_{depth}_layer" + ("_ce_unroll_2" if unroll > 1 else "")
     t = time.perf_counter()
-    log(f"  cost probe: {depth} unrolled layer(s)")
-    compiled = _compile(setup.train_step.lower(setup.abstract_state, batch), NO_WINDOWED_EINSUM)
-    timings[f"probe_{depth}_layer"] = time.perf_counter() - t
-    results.append(_cost(compiled))
+    log(f"  cost probe: {depth} unrolled layer(s)" + (f", cross-entropy loops unrolled ×{unroll} "
+                                                      f"({chunks} chunks of {chunk} tokens)" if unroll > 1 else ""))
+    with _unrolled_scans(unroll):
+      lowered = setup.train_step.lower(setup.abstract_state, batch)
+    compiled = _compile(lowered, NO_WINDOWED_EINSUM)
+    timings[name] = time.perf_counter() - t
+    flops, seconds = _cost(compiled)
+    raw[f"{name}_flops"], raw[f"{name}_seconds"] = flops, seconds
+    kernels = hlo.splash_kernels(compiled.as_text())
+    raw["splash_unparsed"] = max(raw.get("splash_unparsed", 0), kernels["unparsed"])
+    flops += kernels["flops"]
+    if seconds is not None and peak_flops:
+      seconds += kernels["flops"] / peak_flops
+    if unroll == 1:
+      splash.append(kernels["flops"])
+      results.append((flops, seconds))
+    else:
+      # Counted now: 2 chunks per loop body, plus one more when an odd count leaves a remainder loop.
+      counted = 1 + (chunks % 2)
+      f1, s1 = results[0]
+      loop_flops = (chunks - 1) * (flops - f1) / counted
+      loop_seconds = ((chunks - 1) * (seconds - s1) / counted
+                      if seconds is not None and s1 is not None else None)
+    del compiled
   (f1, s1) = results[0]
   (f2, s2) = results[-1] if layers > 1 else results[0]
   flops = f1 + (layers - 1) * (f2 - f1)
   seconds = s1 + (layers - 1) * (s2 - s1) if s1 is not None and s2 is not None else None
-  return flops * accum, (seconds * accum if seconds is not None else None), timings
+  splash_flops = splash[0] + (layers - 1) * (splash[-1] - splash[0])
+  added = {"splash_flops": splash_flops * accum,
+           "splash_seconds": splash_flops / peak_flops * accum if peak_flops else 0.0, **raw}
+  if chunks > 1:
+    flops += loop_flops
+    if seconds is not None and loop_seconds is not None:
+      seconds += loop_seconds
+    added.update(ce_loop_flops=loop_flops * accum, ce_loop_seconds=(loop_seconds or 0.0) * accum)
+  return flops * accum, (seconds * accum if seconds is not None else None), timings, added
+
+
+@contextlib.contextmanager
+def _unrolled_scans(unroll: int):
+  """Inside (unroll > 1): ``jax.lax.scan`` puts ``unroll`` iterations in each loop body.
+
+  Only the cost probes use it, whose one scan is the chunked cross-entropy's
+  (layers are unrolled there and there is no gradient accumulation).
+  """
+  import jax
+  if unroll <= 1:
+    yield
+    return
+  original = jax.lax.scan
+  jax.lax.scan = functools.partial(original, unroll=unroll)
+  try:
+    yield
+  finally:
+    jax.lax.scan = original
 
 
 def plan_step(config: ConfigDict, topology: str, mesh: Mapping[str, int] | None = None,
@@ -332,13 +509,15 @@ def plan_step(config: ConfigDict, topology: str, mesh: Mapping[str, int] | None 
       global_batch_size=d.global_batch_size, grad_accum_steps=config.optimizer.grad_accum_steps,
       seq_len=d.seq_len, parameters=0, fits=False, hbm_needed_bytes=0.0, hbm_available_bytes=tpu.hbm_bytes,
       memory_source="", tokens_per_step=tokens,
-      model_flops_per_step=train_flops_per_token(ModelConfig.from_config(config.model), d.seq_len) * tokens)
+      model_flops_per_step=train_flops_per_token(ModelConfig.from_config(config.model), d.seq_len) * tokens,
+      sequence_parallel=is_sequence_parallel(config), attention=attention_backend(config),
+      ce_chunks=ce_chunking(config))
 
   setup, batch = build_setup(config, sizes, devices, num_languages)
   plan.parameters = sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state.params))
   state_bytes = per_chip_bytes(setup.abstract_state)
   batch_bytes = per_chip_bytes(batch)
-  plan.memory = {"state": state_bytes, "batch": batch_bytes}
+  plan.memory = {"state": state_bytes, "batch": batch_bytes, "logits_f32": logits_bytes_per_chip(config, sizes)}
   if state_bytes > tpu.hbm_bytes:
     # Parameters and optimizer state alone overflow: no compile needed to say so.
     plan.hbm_needed_bytes, plan.memory_source = state_bytes + batch_bytes, "state bytes (no compile)"
@@ -347,6 +526,7 @@ def plan_step(config: ConfigDict, topology: str, mesh: Mapping[str, int] | None 
     return plan
 
   log(f"  compiling the train step: {tpu.name}, mesh {mesh_text(sizes)}, remat {config.model.remat_policy}, "
+      + ("sequence parallel, " if plan.sequence_parallel and sizes["tensor"] > 1 else "") +
       f"batch {d.global_batch_size}×{d.seq_len}" + (f" in {plan.grad_accum_steps} micro-batches"
                                                     if plan.grad_accum_steps > 1 else ""))
   t = time.perf_counter()
@@ -383,8 +563,10 @@ def plan_step(config: ConfigDict, topology: str, mesh: Mapping[str, int] | None 
   del compiled
 
   if estimate_cost and plan.fits:
-    flops, seconds, timings = probe_cost(config, sizes, devices, num_languages, log)
+    flops, seconds, timings, added = probe_cost(config, sizes, devices, num_languages, log,
+                                                tpu.generation.peak_bf16_flops)
     plan.compile_seconds.update(timings)
+    plan.cost_added = added
     fill_cost(plan, tpu, flops, seconds)
   return plan
 

@@ -3,6 +3,7 @@
     polyglot-jax plan --config configs/scale_8b.py --topology v5p-128 [--mesh fsdp=32,tensor=2]
     polyglot-jax plan --config configs/scale_1b.py --topology v5e-64 --search [--max_compiles 24]
     polyglot-jax plan ... --json plan.json [--config.data.global_batch_size=512 ...]
+    polyglot-jax plan --config configs/scale_8b.py --topology v5p-128 --mesh fsdp=16,tensor=4 --sequence_parallel search
 
 Prints the step table (HBM per chip, FLOPs, the compiler's step-time
 estimate, tokens/s/chip, MFU, collectives) and the run plan (tokens, steps,
@@ -31,6 +32,10 @@ def main(argv: list[str], overrides: list[str]) -> int:
   parser.add_argument("--search", action="store_true", help="try mesh shapes, remat policies and micro-batches")
   parser.add_argument("--max_compiles", type=int, default=16, help="--search: compile budget")
   parser.add_argument("--remat", default="none,dots,full", help="--search: remat policies to try, in order")
+  parser.add_argument("--sequence_parallel", default="", choices=("", "on", "off", "search"),
+                      help="shard the residual stream's length over the tensor axis ('act_length' → tensor): "
+                           "on | off | search (plan both, keep the faster one that fits); default: the config's "
+                           "rules for a plan, search for --search")
   parser.add_argument("--no_cost", action="store_true", help="skip the cost compiles (memory and fit only)")
   parser.add_argument("--json", default="", help="also write the plan as JSON here")
   parser.add_argument("--language_rows", type=int, default=0, help="show only this many language rows (0: all)")
@@ -56,20 +61,33 @@ def main(argv: list[str], overrides: list[str]) -> int:
     unknown = [r for r in remats if r not in search.REMAT_ORDER]
     if unknown or not remats:
       raise PlanError(f"--remat {args.remat}: policies are {', '.join(search.REMAT_ORDER)}")
-    result = search.search(config, tpu.name, remats=remats, max_compiles=args.max_compiles, log=_progress)
+    result = search.search(config, tpu.name, remats=remats, max_compiles=args.max_compiles,
+                           sequence_parallel=args.sequence_parallel or "search", log=_progress)
     print(report.format_search(result, tpu))
     out["search"] = {"ranked": [p.to_dict() for p in result.ranked], "tried": [p.to_dict() for p in result.tried],
                      "rejected": result.rejected, "untried": result.untried, "compiles": result.compiles}
     best = result.ranked[0] if result.ranked else None
     if best is not None:
       print(f"\nbest: mesh {aot.mesh_text(best.mesh)}, remat {best.remat_policy}, "
-            f"grad_accum_steps {best.grad_accum_steps}: {best.step_seconds:.3g} s per step (compiler estimate)")
+            f"grad_accum_steps {best.grad_accum_steps}"
+            + (", sequence parallel" if best.sequence_parallel and best.mesh["tensor"] > 1 else "")
+            + f": {best.step_seconds:.3g} s per step (compiler estimate)")
+      print(f"best: collectives/step {report.collectives_line(best.collectives, ('all-to-all',))}")
+      print(f"best: {report.layout_line(best)}")
     step_seconds = best.step_seconds if best is not None else None
   else:
     mesh = aot.parse_mesh(args.mesh) if args.mesh else None
     _progress(f"planning {args.config} on {tpu.describe()}")
-    plan = aot.plan_step(config, tpu.name, mesh=mesh, estimate_cost=not args.no_cost, log=_progress)
+    variants = {"on": (True,), "off": (False,), "search": (False, True)}.get(args.sequence_parallel)
+    configs = [aot.with_sequence_parallel(config, sp) for sp in variants] if variants else [config]
+    plans = [aot.plan_step(c, tpu.name, mesh=mesh, estimate_cost=not args.no_cost, log=_progress) for c in configs]
+    pick = min(range(len(plans)), key=lambda i: (not plans[i].fits, plans[i].step_seconds or float("inf"),
+                                                 plans[i].hbm_needed_bytes))
+    plan, config = plans[pick], configs[pick]
     print(report.format_step(plan, config, tpu))
+    if len(plans) > 1:
+      print(report.sequence_parallel_line(plans, pick))
+      out["sequence_parallel"] = [p.to_dict() for p in plans]
     out["step"] = plan.to_dict()
     step_seconds = plan.step_seconds
   run = run_plan.run_plan(config, step_seconds)

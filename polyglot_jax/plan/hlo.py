@@ -199,25 +199,102 @@ def collectives(text: str) -> dict:
   return out
 
 
-def uncosted_custom_calls(text: str) -> int:
-  """Custom-calls outside fusions, as ``cost_analysis`` sees them (each loop body once).
+# Pallas TPU kernels (Mosaic): the cost model charges their operands and results as memory
+# traffic (a positive time, linear in the row length) and counts no FLOPs inside them.
+PALLAS_TARGET = "tpu_custom_call"
+# Custom-call targets the TPU cost model scores as −1 s (libtpu 0.0.42.1). Others seen outside
+# fusions score ≥ 0 and are left alone: Pallas kernels, AllocateBuffer (scan output buffers).
+UNCOSTED_TARGETS = ("ConcatBitcast",)
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
 
-  The TPU cost model has no estimate for such an operation (ConcatBitcast,
-  for one) and adds −1 s to ``optimal_seconds`` for each; the planner adds
-  this count back. Custom-calls inside fusions (the async collective
-  starts) are costed with their fusion.
-  """
+
+def _top_level_lines(text: str):
+  """(instruction name, shape, op, args) outside fusions, each computation once (as cost_analysis counts)."""
   comps, entry = parse_computations(text)
-  seen, count = set(), 0
+  seen = set()
   todo = [entry] if entry else []
   while todo:
     name = todo.pop()
     if name in seen or name not in comps:
       continue
     seen.add(name)
-    for _, _, op, args in comps[name].lines:
-      count += op == "custom-call"
-      if op == "fusion":
+    for line in comps[name].lines:
+      yield line
+      if line[2] == "fusion":
         continue
-      todo.extend(callee for attr, callee in _called(args) if attr != "to_apply")
+      todo.extend(callee for attr, callee in _called(line[3]) if attr != "to_apply")
+
+
+def uncosted_custom_calls(text: str) -> int:
+  """Custom-calls outside fusions that the cost model scores as −1 s (each loop body once).
+
+  The TPU cost model has no estimate for some such operations
+  (``UNCOSTED_TARGETS``: ConcatBitcast) and adds −1 s to ``optimal_seconds``
+  for each; the planner adds this count back. Other targets are not counted:
+  Pallas kernels (``tpu_custom_call``, e.g. splash attention, ragged_dot) get
+  a positive memory-traffic cost and AllocateBuffer a positive one too, and
+  custom-calls inside fusions (the async collective starts) are costed with
+  their fusion.
+
+  Args:
+    text: ``compiled.as_text()``.
+
+  Returns:
+    The number of such custom-calls.
+  """
+  count = 0
+  for _, _, op, args in _top_level_lines(text):
+    if op == "custom-call":
+      target = _TARGET.search(args)
+      count += bool(target and target.group(1) in UNCOSTED_TARGETS)
   return count
+
+
+# Matmuls per (query block, key block) pair in jax's splash-attention kernels: forward QKᵀ and PV;
+# dq recomputes QKᵀ, then dP = dO·Vᵀ and dQ = dS·K; dkv recomputes QKᵀ, then dV = Pᵀ·dO, dP and dK = dSᵀ·Q.
+SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+_SPLASH_NAME = re.compile(r"splash_m[hq]a_(fwd|dq|dkv)")
+_LAYOUTS = re.compile(r"operand_layout_constraints=\{(.*?)\}(?:,\s*[a-z_]+=|\s*$)")
+
+
+def splash_kernels(text: str) -> dict:
+  """Splash-attention Pallas kernels outside fusions and their matmul FLOPs per chip (each loop body once).
+
+  The cost model counts no FLOPs inside a Pallas kernel, so the planner adds
+  these. Each call's operands give the shard's queries [B, H, L, D] ([H, L, D]
+  when a shard holds one row) and the block-mask grid [·, n, n] (n = L /
+  block); the causal mask (the only one models/attention.py builds) computes
+  n(n+1)/2 of the n² block pairs, each ``SPLASH_MATMULS[kind]`` matmuls of
+  2·block²·D FLOPs per row and head. A call whose shapes cannot be read is
+  counted in "unparsed" and adds nothing; the report says so.
+
+  Args:
+    text: ``compiled.as_text()`` of a loop-free program (the cost probes).
+
+  Returns:
+    {"calls": {"fwd": int, "dq": int, "dkv": int}, "flops": float per chip,
+    "unparsed": calls whose shapes could not be read (no FLOPs added for them)}.
+  """
+  calls = {kind: 0 for kind in SPLASH_MATMULS}
+  flops, unparsed = 0.0, 0
+  for name, _, op, args in _top_level_lines(text):
+    if op != "custom-call" or PALLAS_TARGET not in args:
+      continue
+    kind = _SPLASH_NAME.search(name) or _SPLASH_NAME.search(args)
+    if not kind:
+      continue
+    kind = kind.group(1)
+    calls[kind] += 1
+    layouts = _LAYOUTS.search(args)
+    shapes = _ARRAY.findall(layouts.group(1)) if layouts else []
+    grid = next((dims for dtype, dims in shapes if dtype == "s8" and dims.count(",") == 2), None)
+    # Queries: [B, H, L, D], or [H, L, D] when a shard holds one row (the vmap over rows is squeezed away).
+    query = next((dims for dtype, dims in shapes if dtype in ("bf16", "f32", "f16") and dims.count(",") in (2, 3)),
+                 None)
+    if grid is None or query is None:
+      unparsed += 1
+      continue
+    n = int(grid.split(",")[-1])
+    b, h, length, d = ([1] + [int(x) for x in query.split(",")])[-4:]
+    flops += SPLASH_MATMULS[kind] * 2.0 * b * h * d * length * length * (n + 1) / (2 * n)
+  return {"calls": calls, "flops": flops, "unparsed": unparsed}

@@ -41,22 +41,98 @@ def model_line(config: ConfigDict, parameters: int) -> str:
           f"params {m.param_dtype}, scan_layers={m.scan_layers}")
 
 
-def collectives_line(collectives: dict) -> str:
+def collectives_line(collectives: dict, always: tuple[str, ...] = ()) -> str:
+  """Collective kinds with their count and bytes per chip per step.
+
+  Args:
+    collectives: what hlo.collectives returned (StepPlan.collectives).
+    always: kinds listed even with a count of 0 (all-to-all for an MoE model).
+
+  Returns:
+    One line, e.g. "all-gather 450 (29.9 GiB), all-reduce 199 (18.9 GiB)"; "none" when empty.
+  """
   parts = [f"{kind} {collectives[kind]['count']} ({_bytes(collectives[kind]['bytes'])})"
-           for kind in hlo.KINDS if collectives.get(kind, {}).get("count")]
+           for kind in hlo.KINDS if collectives.get(kind, {}).get("count") or kind in always]
   if collectives.get("unknown_trip_counts"):
     parts.append(f"[{len(collectives['unknown_trip_counts'])} loop(s) of unknown trip count counted once]")
   return ", ".join(parts) or "none"
 
 
+def moe_line(config: ConfigDict) -> str:
+  """The MoE settings in one line.
+
+  Args:
+    config: the planned config.
+
+  Returns:
+    e.g. "8 experts, top-2, layers all, dropless dispatch"; '' for a dense model.
+  """
+  m = config.model
+  if m.get("num_experts", 0) <= 0:
+    return ""
+  return (f"{m.num_experts} experts, top-{m.moe_top_k}, layers {m.moe_layers}, {m.moe_dispatch} dispatch"
+          + (f", {m.moe_shared_experts} shared" if m.moe_shared_experts else ""))
+
+
+def layout_line(plan: StepPlan) -> str:
+  """Attention backend, cross-entropy chunking, sequence parallelism and the logits one chip holds.
+
+  Args:
+    plan: a StepPlan.
+
+  Returns:
+    One line for the "layout" row.
+  """
+  chunks, chunk = plan.ce_chunks
+  ce = (f"chunked cross-entropy: {chunks:,} chunks of {chunk:,} tokens" if chunks
+        else "full logits (cross-entropy not chunked)")
+  sp = ("sequence parallel (act_length → tensor)" if plan.sequence_parallel and plan.mesh.get("tensor", 1) > 1
+        else "no sequence parallelism")
+  logits = plan.memory.get("logits_f32")
+  return (f"attention {plan.attention or '?'}; {ce}" + (f" ({_bytes(logits)} f32 logits per chip)" if logits else "")
+          + f"; {sp}")
+
+
+def cost_added_line(added: dict) -> str:
+  """What the planner added to the compiler's cost (Pallas kernels, the chunked cross-entropy loop).
+
+  Args:
+    added: StepPlan.cost_added.
+
+  Returns:
+    One line, or '' when nothing was added.
+  """
+  parts = []
+  if added.get("splash_flops"):
+    parts.append(f"splash kernels {_si(added['splash_flops'])}FLOP, {_seconds(added['splash_seconds'])} at peak")
+  if added.get("splash_unparsed"):
+    parts.append(f"{added['splash_unparsed']:g} splash call(s) per probe not read: their FLOPs are missing")
+  if added.get("ce_loop_flops") or added.get("ce_loop_seconds"):
+    parts.append(f"cross-entropy loop's other chunks {_si(added['ce_loop_flops'])}FLOP, "
+                 f"{_seconds(added['ce_loop_seconds'])}")
+  return "; ".join(parts)
+
+
 def format_step(plan: StepPlan, config: ConfigDict, tpu: TpuSlice) -> str:
-  """The single-plan table: memory, FLOPs, estimated time, MFU, collectives."""
+  """The single-plan table: memory, FLOPs, estimated time, MFU, collectives.
+
+  Args:
+    plan: what aot.plan_step returned.
+    config: the config it planned (model dimensions for the model line).
+    tpu: the slice.
+
+  Returns:
+    The table, one "name  value" row per line.
+  """
   rows = [("topology", tpu.describe()),
           ("mesh", mesh_text(plan.mesh)),
-          ("model", model_line(config, plan.parameters)),
-          ("batch", f"{plan.global_batch_size} × {plan.seq_len} = {plan.tokens_per_step:,} tokens per step"
-                    + (f" in {plan.grad_accum_steps} micro-batches" if plan.grad_accum_steps > 1 else "")
-                    + f"; remat {plan.remat_policy}")]
+          ("model", model_line(config, plan.parameters))]
+  if moe_line(config):
+    rows.append(("experts", moe_line(config)))
+  rows += [("batch", f"{plan.global_batch_size} × {plan.seq_len} = {plan.tokens_per_step:,} tokens per step"
+                     + (f" in {plan.grad_accum_steps} micro-batches" if plan.grad_accum_steps > 1 else "")
+                     + f"; remat {plan.remat_policy}"),
+           ("layout", layout_line(plan))]
   verdict = (f"fits, {_bytes(plan.headroom_bytes)} headroom" if plan.fits else plan.note)
   rows.append(("HBM per chip", f"{_bytes(plan.hbm_needed_bytes)} needed of {_bytes(plan.hbm_available_bytes)}"
                                f" → {verdict}"))
@@ -74,6 +150,8 @@ def format_step(plan: StepPlan, config: ConfigDict, tpu: TpuSlice) -> str:
     rows.append(("compiled FLOPs/step", f"{_si(plan.compiled_flops_per_step)} "
                  f"(compiler's count, all chips; ×{plan.compiled_flops_per_step / plan.model_flops_per_step:.2f} "
                  "of model FLOPs: remat recompute, causal blocks, elementwise ops)"))
+  if cost_added_line(plan.cost_added):
+    rows.append(("added to compiler", cost_added_line(plan.cost_added)))
   if plan.step_seconds:
     rows.append(("step time", f"{_seconds(plan.step_seconds)} (compiler estimate, not a measurement)"))
     rows.append(("tokens/s per chip", f"{plan.tokens_per_sec_per_chip:,.0f}"))
@@ -82,17 +160,45 @@ def format_step(plan: StepPlan, config: ConfigDict, tpu: TpuSlice) -> str:
     rows.append(("step time", "the compiler gave no estimate" if plan.compiled_flops_per_step
                  else "not estimated (--no_cost)"))
   if plan.collectives:
-    rows.append(("collectives/step", collectives_line(plan.collectives)))
+    moe = config.model.get("num_experts", 0) > 0
+    rows.append(("collectives/step", collectives_line(plan.collectives, ("all-to-all",) if moe else ())))
   if plan.compile_seconds:
     rows.append(("compile time", ", ".join(f"{k} {v:.0f} s" for k, v in plan.compile_seconds.items())))
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def sequence_parallel_line(plans: list[StepPlan], pick: int) -> str:
+  """One line comparing the same step without and with sequence parallelism, and which one was kept.
+
+  Args:
+    plans: the same step planned with different "act_length" rules.
+    pick: the index of the plan kept.
+
+  Returns:
+    e.g. "sequence parallel   off 96.7 GiB (does not fit); on 51.6 GiB, 33.5 s → on (...)".
+  """
+  parts = []
+  for p in plans:
+    step = f", {_seconds(p.step_seconds)}" if p.step_seconds else ""
+    parts.append(f"{'on' if p.sequence_parallel else 'off'} {_bytes(p.hbm_needed_bytes)}"
+                 f"{'' if p.fits else ' (does not fit)'}{step}")
+  kept = "on" if plans[pick].sequence_parallel else "off"
+  return f"sequence parallel   {'; '.join(parts)} → {kept} (HBM per chip, estimated step)"
+
+
 def format_search(result, tpu: TpuSlice) -> str:
-  """Ranked candidates first, then the ones that do not fit."""
-  header = (f"{'rank':>4}  {'mesh':<28} {'remat':<5} {'micro':>5} {'rows/chip':>9} {'HBM GiB':>14} "
-            f"{'step s':>8} {'tok/s/chip':>10} {'MFU':>6}")
+  """Ranked candidates first, then the ones that do not fit.
+
+  Args:
+    result: what search.search returned.
+    tpu: the slice.
+
+  Returns:
+    The table (one row per candidate; "sp" marks sequence parallelism) and its footnotes.
+  """
+  header = (f"{'rank':>4}  {'mesh':<28} {'remat':<5} {'sp':<3} {'micro':>5} {'rows/chip':>9} {'HBM GiB':>14} "
+            f"{'step s':>8} {'tok/s/chip':>10} {'MFU':>6}  {'all-to-all':>10}")
   lines = [f"search on {tpu.describe()}", header]
   for i, p in enumerate(result.ranked, 1):
     lines.append(_search_row(str(i), p))
@@ -112,8 +218,10 @@ def _search_row(rank: str, p: StepPlan) -> str:
   step = f"{p.step_seconds:.3g}" if p.step_seconds else "-"
   tok = f"{p.tokens_per_sec_per_chip:,.0f}" if p.tokens_per_sec_per_chip else "-"
   mfu = f"{p.mfu:.1%}" if p.mfu else "-"
-  return (f"{rank:>4}  {mesh_text(p.mesh):<28} {p.remat_policy:<5} {p.grad_accum_steps:>5} {rows_per_chip:>9} "
-          f"{hbm:>14} {step:>8} {tok:>10} {mfu:>6}")
+  sp = "on" if p.sequence_parallel and p.mesh.get("tensor", 1) > 1 else "-"
+  a2a = str(p.collectives["all-to-all"]["count"]) if p.collectives.get("all-to-all") else "-"
+  return (f"{rank:>4}  {mesh_text(p.mesh):<28} {p.remat_policy:<5} {sp:<3} {p.grad_accum_steps:>5} {rows_per_chip:>9} "
+          f"{hbm:>14} {step:>8} {tok:>10} {mfu:>6}  {a2a:>10}")
 
 
 def format_run(run: dict, tpu: TpuSlice, max_rows: int = 0) -> str:
