@@ -228,6 +228,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     # From here only the producer thread advances train_batches; the checkpoint
     # asks `batches` for the state of the batches the steps have taken.
     batches = Prefetcher(train_batches, PREFETCH_BATCHES)
+    previous_loss = None
     while step < total_steps:
       # One process: our own SIGTERM flag. Several: only orbax's preemption
       # check, which every host answers alike at the same step (hosts that
@@ -242,6 +243,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       batch = global_batch(setup, next(batches))
       profiler.before_step(step)
       state, step_metrics = compiled_step(state, batch)
+      # Dispatch runs at most one step ahead: wait (no transfer) for the step before this one, so the
+      # device never holds more than two steps' batches and in-flight work stays bounded.
+      if previous_loss is not None:
+        jax.block_until_ready(previous_loss)
+      previous_loss = step_metrics["loss"]
       step += 1
       profiler.after_step(step, step_metrics)
       # The step's metrics stay on the device: they are read one log period
