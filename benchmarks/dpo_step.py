@@ -17,14 +17,13 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import write_json  # noqa: E402
+from benchmarks.common import time_steps, write_json  # noqa: E402
 from polyglot_jax import configs as config_lib  # noqa: E402
 from polyglot_jax.train.trainer import abstract_batch, build, global_batch  # noqa: E402
 
@@ -69,14 +68,6 @@ def variant(base, name, pairs, seq_len):
   return {"compiled": compiled, "state": state, "batch": batch}
 
 
-def time_steps(v, steps):
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    v["state"], m = v["compiled"](v["state"], v["batch"])
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def main():

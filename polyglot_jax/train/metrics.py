@@ -92,13 +92,8 @@ def make_writer(workdir: str, kind: str = "train"):
 
 def _keep_tensorflow_off_accelerators() -> None:
   """TensorFlow (behind clu's TensorBoard writer) must not claim GPU/TPU memory JAX needs."""
-  with quiet.tensorflow_logs():
-    import tensorflow as tf
-  try:
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-  except (RuntimeError, ValueError):  # Already initialised, or no such device type.
-    pass
+  from polyglot_jax.train import paths
+  paths.gfile()
 
 
 def _py(v: Any) -> Any:

@@ -90,8 +90,12 @@ def join(base: str, *parts: str) -> str:
 
 
 @functools.cache
-def _gfile():
-  """``tf.io.gfile``, with TensorFlow imported quietly and kept off GPUs and TPUs."""
+def gfile():
+  """``tf.io.gfile``, with TensorFlow imported quietly and kept off GPUs and TPUs (JAX's memory).
+
+  Returns:
+    The ``tf.io.gfile`` module.
+  """
   from polyglot_jax import quiet
   with quiet.tensorflow_logs():
     import tensorflow as tf
@@ -112,7 +116,7 @@ def exists(path: str) -> bool:
   Returns:
     True when it exists.
   """
-  return _gfile().exists(path) if is_remote(path) else os.path.exists(_local(path))
+  return gfile().exists(path) if is_remote(path) else os.path.exists(_local(path))
 
 
 def isdir(path: str) -> bool:
@@ -124,7 +128,7 @@ def isdir(path: str) -> bool:
   Returns:
     True for a directory.
   """
-  return _gfile().isdir(path) if is_remote(path) else os.path.isdir(_local(path))
+  return gfile().isdir(path) if is_remote(path) else os.path.isdir(_local(path))
 
 
 def makedirs(path: str) -> None:
@@ -134,7 +138,7 @@ def makedirs(path: str) -> None:
     path: a local path or a URL.
   """
   if is_remote(path):
-    _gfile().makedirs(path)
+    gfile().makedirs(path)
   else:
     os.makedirs(_local(path), exist_ok=True)
 
@@ -149,7 +153,7 @@ def listdir(path: str) -> list[str]:
     The entry names.
   """
   if is_remote(path):
-    return sorted(name.rstrip("/") for name in _gfile().listdir(path))
+    return sorted(name.rstrip("/") for name in gfile().listdir(path))
   return sorted(os.listdir(_local(path)))
 
 
@@ -167,10 +171,10 @@ def open(path: str, mode: str = "r") -> IO:  # noqa: A001  (the module's own ope
     A file object (a context manager).
   """
   if is_remote(path):
-    gfile = _gfile()
-    if mode.startswith("w") and gfile.exists(path):
-      gfile.remove(path)  # "w" replaces the file (TensorFlow's ram:// would otherwise append to it).
-    return gfile.GFile(path, mode)
+    fs = gfile()
+    if mode.startswith("w") and fs.exists(path):
+      fs.remove(path)  # "w" replaces the file (TensorFlow's ram:// would otherwise append to it).
+    return fs.GFile(path, mode)
   if "b" in mode:
     return builtins.open(_local(path), mode)
   return builtins.open(_local(path), mode, encoding="utf-8")
@@ -213,7 +217,7 @@ def rename(src: str, dst: str) -> None:
   if is_remote(src) != is_remote(dst):
     raise ValueError(f"cannot move {src} to {dst}: one is local and the other a URL; copy it instead")
   if is_remote(src):
-    _gfile().rename(src, dst, overwrite=False)
+    gfile().rename(src, dst, overwrite=False)
   else:
     shutil.move(_local(src), _local(dst))
 
