@@ -68,10 +68,9 @@ def part_functions(v: dict) -> dict:
   b, length = d.global_batch_size // config.optimizer.grad_accum_steps, d.seq_len
   params = jax.tree.map(jnp.copy, v["state"].params)  # The step donates (frees) the state's own buffers.
   model = nnx.merge(setup.graphdef, params)
-  blocks = model.blocks
   if cfg.scan_layers:
     raise SystemExit("step_breakdown: give --config.model.scan_layers=false (parts are timed per layer)")
-  block = blocks[0]
+  block = model.blocks[0]
   graphdef_block, block_params = nnx.split(block)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(b, length, cfg.d_model)).astype(np.float32))
@@ -119,11 +118,9 @@ def part_functions(v: dict) -> dict:
       "head_loss": (vg(head_loss), (params, x), 1),
       "embed": (vg(embed), (params, jnp.ones((), jnp.float32)), 1),
   }
-  if opt is not None:  # The update over every parameter (the trainer's frozen split is not applied here).
-    grads = jax.tree.map(lambda a: jnp.full_like(a, 1e-3), params)
-    opt_state = opt.init(params)
-    update = jax.jit(lambda g, s, p: opt.update(g, s, p))
-    parts["optimizer"] = (update, (grads, opt_state, params), 1)
+  # The update over every parameter (the trainer's frozen split is not applied here).
+  grads = jax.tree.map(lambda a: jnp.full_like(a, 1e-3), params)
+  parts["optimizer"] = (jax.jit(opt.update), (grads, opt.init(params), params), 1)
   return parts
 
 
