@@ -147,7 +147,16 @@ def test_splash_per_shard_under_a_mesh_equals_the_numpy_reference():
       lowered = jax.jit(lambda *a: attn.attend(*a, "splash")).lower(*map(jnp.asarray, (q, k, v, seg)))
     assert "shard_map" in lowered.as_text() or "sdy.manual_computation" in lowered.as_text()
     out = lowered.compile()(*map(jnp.asarray, (q, k, v, seg)))
-  np.testing.assert_allclose(np.asarray(out), numpy_attention(q, k, v, seg), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(out), numpy_attention(q, k, v, seg), atol=2e-5)
+    # 3 rows and 3 heads: no mesh axis divides either, so every device runs the whole kernel (replicated).
+    q3, k3, v3, seg3 = q[:3, :, :3], k[:3], v[:3], seg[:3]
+    assert attn._splash_sharding(3, 3, 1) == (None, None, 1)
+    with attn.pallas_interpret():
+      lowered3 = jax.jit(lambda *a: attn.attend(*a, "splash")).lower(*map(jnp.asarray, (q3, k3, v3, seg3)))
+    # Still inside shard_map: the partitioner is never handed a Pallas call to split.
+    assert "shard_map" in lowered3.as_text() or "sdy.manual_computation" in lowered3.as_text()
+    out3 = lowered3.compile()(*map(jnp.asarray, (q3, k3, v3, seg3)))
+  np.testing.assert_allclose(np.asarray(out3), numpy_attention(q3, k3, v3, seg3), atol=2e-5)
 
 
 def random_model(cfg, mesh):

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from polyglot_jax import mesh as mesh_lib
-from polyglot_jax.models.chunked_ce import chunked_token_cross_entropy, resolve_chunk_size
+from polyglot_jax.models import chunked_ce
+from polyglot_jax.models.chunked_ce import chunked_token_cross_entropy, chunked_weighted_ce_sum, resolve_chunk_size
 from polyglot_jax.models.config import ModelConfig
 from polyglot_jax.objectives import dpo, lm
 from polyglot_jax.train.trainer import build
@@ -55,6 +56,20 @@ def test_chunked_equals_plain_values_and_gradients(chunk_size):
   np.testing.assert_allclose(np.asarray(dh), np.asarray(dh_ref), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(dhead), np.asarray(dhead_ref), rtol=1e-5, atol=1e-6)
 
+  # The loss-sum form (gradients formed in the forward loop), under a non-unit outer cotangent.
+  def fused(h, w):
+    loss_sum, ce, log_z = chunked_weighted_ce_sum(h, w, targets_T, weights_T, z_loss=1e-2, chunk_size=chunk_size)
+    return 3.0 * loss_sum, (ce, log_z)
+  (value, (ce, log_z)), (dh, dhead) = jax.jit(jax.value_and_grad(fused, argnums=(0, 1), has_aux=True))(
+      h_TxE, head_ExV)
+  np.testing.assert_allclose(float(value), 3.0 * float(value_ref), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(ce), np.asarray(ce_ref), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(log_z), np.asarray(log_z_ref), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dh), 3.0 * np.asarray(dh_ref), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(dhead), 3.0 * np.asarray(dhead_ref), rtol=1e-5, atol=1e-6)
+  # Outside differentiation it is the same sum.
+  np.testing.assert_allclose(float(jax.jit(fused)(h_TxE, head_ExV)[0]), 3.0 * float(value_ref), rtol=1e-6)
+
 
 def test_bfloat16_compute_matches_plain_bfloat16():
   # Compute-dtype inputs with float32 accumulation, as Decoder.logits does; the head gradient keeps its dtype.
@@ -71,13 +86,16 @@ def test_bfloat16_compute_matches_plain_bfloat16():
 
   chunked = lambda h, w: chunked_token_cross_entropy(h, w, targets_T, chunk_size=5)  # noqa: E731
   grad = lambda f: jax.jit(jax.value_and_grad(_weighted_loss(f, weights_T, 0.0), argnums=(0, 1)))  # noqa: E731
+  fused = lambda h, w: chunked_weighted_ce_sum(h, w, targets_T, weights_T, z_loss=0.0, chunk_size=5)[0]  # noqa: E731
   value_ref, (dh_ref, dhead_ref) = grad(plain)(h_TxE, head_ExV)
-  value, (dh, dhead) = grad(chunked)(h_TxE, head_ExV)
-  assert dh.dtype == jnp.bfloat16 and dhead.dtype == jnp.bfloat16
-  np.testing.assert_allclose(float(value), float(value_ref), rtol=1e-6)
-  # bfloat16 has 8 mantissa bits: the gradients agree to its rounding (2^-8 relative).
-  np.testing.assert_allclose(np.asarray(dh, np.float32), np.asarray(dh_ref, np.float32), rtol=2e-2, atol=2e-2)
-  np.testing.assert_allclose(np.asarray(dhead, np.float32), np.asarray(dhead_ref, np.float32), rtol=2e-2, atol=2e-2)
+  for value, (dh, dhead) in (grad(chunked)(h_TxE, head_ExV),
+                             jax.jit(jax.value_and_grad(fused, argnums=(0, 1)))(h_TxE, head_ExV)):
+    assert dh.dtype == jnp.bfloat16 and dhead.dtype == jnp.bfloat16
+    np.testing.assert_allclose(float(value), float(value_ref), rtol=1e-6)
+    # bfloat16 has 8 mantissa bits: the gradients agree to its rounding (2^-8 relative).
+    np.testing.assert_allclose(np.asarray(dh, np.float32), np.asarray(dh_ref, np.float32), rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(dhead, np.float32), np.asarray(dhead_ref, np.float32), rtol=2e-2,
+                               atol=2e-2)
 
 
 def test_resolve_chunk_size():
@@ -88,6 +106,16 @@ def test_resolve_chunk_size():
   assert resolve_chunk_size(4096, 32000, -1, threshold) == 512
   # 4099 is prime: no divisor near 8 chunks, so the largest chunk (padding the last).
   assert resolve_chunk_size(4099, 32000, -1, threshold) == 524
+  # The same per-device tokens on 8 batch shards: 8× the chunk, each device's share unchanged.
+  assert resolve_chunk_size(8 * 4096, 32000, -1, threshold, shards=8) == 8 * 512
+  # 2 MiB of logits per device stays plain even though the 8 devices together exceed the threshold.
+  assert resolve_chunk_size(8 * 4096, 128, -1, 4 * MiB, shards=8) == 0
+  assert resolve_chunk_size(8 * 4096, 128, -1, 4 * MiB) > 0
+  # An 8B-like step on 64 chips (16,384 tokens each, 256k vocabulary) with the accelerator bound:
+  # 512 MiB per chip → ≤ 524 tokens per chip per chunk → 32 chunks of 512 per chip.
+  assert resolve_chunk_size(64 * 16384, 256000, -1, threshold, shards=64,
+                            max_bytes=chunked_ce.max_chunk_bytes("tpu")) == 64 * 512
+  assert chunked_ce.max_chunk_bytes("cpu") == 64 * MiB
   assert resolve_chunk_size(4096, 32000, 0, threshold) == 0
   assert resolve_chunk_size(4096, 32000, 100, threshold) == 100
   assert resolve_chunk_size(64, 32000, 100, threshold) == 64
@@ -177,8 +205,8 @@ def test_auto_keeps_tiny_config_on_the_plain_path(make_config):
 
 
 def test_compiled_memory_has_no_full_logits_buffer():
-  t, e, v, chunk = 1024, 64, 8000, 128
-  full_logits_bytes = t * v * 4  # 31.25 MiB
+  t, e, v, chunk = 4096, 64, 8000, 128
+  full_logits_bytes = t * v * 4  # 125 MiB
   args = (jax.ShapeDtypeStruct((t, e), jnp.float32), jax.ShapeDtypeStruct((e, v), jnp.float32),
           jax.ShapeDtypeStruct((t,), jnp.int32))
 
@@ -199,6 +227,38 @@ def test_compiled_memory_has_no_full_logits_buffer():
   # The check can see a [T, V] buffer: the plain loss+grad holds at least one.
   assert plain_c.memory_analysis().temp_size_in_bytes >= full_logits_bytes
   assert f"f32[{t},{v}]" in plain_c.as_text()
-  # Chunked: a few [chunk, V] buffers and the float32 head-gradient accumulator [E, V] (2 MiB each here).
+  # Chunked: a few [chunk, V] buffers (3.9 MiB each here), the float32 head-gradient accumulator [E, V]
+  # (2 MiB) and [T, E] arrays (1 MiB each).
   assert chunked_c.memory_analysis().temp_size_in_bytes < full_logits_bytes / 4
   assert f"f32[{t},{v}]" not in chunked_c.as_text()
+
+  def fused(h, w, targets):
+    return chunked_weighted_ce_sum(h, w, targets, jnp.ones_like(targets, jnp.float32), z_loss=1e-4,
+                                   chunk_size=chunk)[0]
+  fused_c = jax.jit(jax.value_and_grad(fused, argnums=(0, 1))).lower(*args).compile()
+  assert fused_c.memory_analysis().temp_size_in_bytes < full_logits_bytes / 4
+  assert f"f32[{t},{v}]" not in fused_c.as_text()
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_chunk_loop_has_no_collective_under_fsdp(per_token):
+  # 8 chunks of 128 tokens over fsdp=8, head sharded on its embed dim as a parameter: the head is gathered
+  # once and the per-device head-gradient accumulators summed once, so no collective runs per chunk.
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from polyglot_jax import configs as config_lib
+  from polyglot_jax.plan import hlo
+  mesh = mesh_lib.make_mesh({"fsdp": 8})
+  t, e, v, chunk = 1024, 16, 96, 128
+  with mesh_lib.activate(mesh, config_lib.DEFAULT_RULES):
+    args = (jax.ShapeDtypeStruct((t, e), jnp.float32, sharding=NamedSharding(mesh, P("fsdp", None))),
+            jax.ShapeDtypeStruct((e, v), jnp.float32, sharding=NamedSharding(mesh, P("fsdp", None))),
+            jax.ShapeDtypeStruct((t,), jnp.int32, sharding=NamedSharding(mesh, P("fsdp"))))
+
+    def loss(h, w, targets):
+      if per_token:  # DPO/score's path: per-token values, logits recomputed backward.
+        return jnp.sum(chunked_token_cross_entropy(h, w, targets, chunk_size=chunk)[0])
+      return chunked_weighted_ce_sum(h, w, targets, jnp.ones((t,), jnp.float32), z_loss=1e-4, chunk_size=chunk)[0]
+    text = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile().as_text()
+  counts = hlo.collectives(text)
+  total = sum(counts[kind]["count"] for kind in hlo.KINDS)
+  assert 0 < total <= 4, counts  # A few, outside the loops (8 per loop if the body held one).

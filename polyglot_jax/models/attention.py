@@ -395,7 +395,9 @@ def splash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, interpret
   batch_axes, head_axes, repeat = _splash_sharding(b, h, kvh)
   if repeat > 1:
     k, v = jnp.repeat(k, repeat, axis=1), jnp.repeat(v, repeat, axis=1)
-  if batch_axes is not None or head_axes is not None:
+  if _multi_device_mesh():
+    # Under a mesh the kernel always runs inside shard_map (the partitioner cannot split a Pallas call);
+    # with no axis that divides, the specs are replicated and every device runs the whole kernel.
     P = jax.sharding.PartitionSpec
     heads, rows = P(batch_axes, head_axes, None, None), P(batch_axes, None)
     run = jax.shard_map(run, in_specs=(heads, heads, heads, rows), out_specs=heads, check_vma=False)
@@ -403,14 +405,20 @@ def splash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, interpret
   return out[:, :, :length].transpose(0, 2, 1, 3).astype(dt)
 
 
+def _multi_device_mesh() -> bool:
+  mesh = jax.sharding.get_abstract_mesh()
+  return not (mesh is None or mesh.empty or math.prod(mesh.shape.values()) == 1)
+
+
 def _splash_sharding(b: int, h: int, kvh: int):
   """(batch mesh axes, head mesh axes, key/value head repeat) for splash under the active mesh.
 
-  No mesh, or a one-device mesh: (None, None, 1) and no shard_map.
+  No mesh, a one-device mesh, or a mesh none of whose batch/head axes divides: (None, None, 1)
+  (the kernel then runs whole on every device).
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty or math.prod(mesh.shape.values()) == 1:
+  if not _multi_device_mesh():
     return None, None, 1
+  mesh = jax.sharding.get_abstract_mesh()
   from flax.core import spmd  # The logical rules live in flax's context (mesh.activate).
   rules = dict(spmd.get_logical_axis_rules() or ())
 
@@ -430,8 +438,7 @@ def _splash_sharding(b: int, h: int, kvh: int):
   elif kvh % n_heads:
     repeat = h // kvh  # Every shard then holds the key/value heads of its own query heads.
   if not batch and not heads:
-    # Nothing divides: every device runs the whole kernel (still correct, replicated).
-    return None, None, 1
+    return None, None, 1  # Nothing divides: replicated.
   return batch or None, heads or None, repeat
 
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from polyglot_jax import mesh as mesh_lib
 from polyglot_jax.models import chunked_ce
 from polyglot_jax.models import moe as moe_lib
 from polyglot_jax.models.config import ModelConfig
@@ -44,9 +45,17 @@ class HeadInputs(NamedTuple):
 
 
 def chunk_size_for(model, tokens: int) -> int:
-  """The chunk size the chunked cross-entropy uses for ``tokens`` tokens on this model, 0 for the plain path."""
+  """The chunk size the chunked cross-entropy uses for ``tokens`` tokens on this model, 0 for the plain path.
+
+  Auto mode sizes chunks by one device's share: the tokens are split over the
+  mesh axes of the logical "batch" axis (``mesh.logical_axis_size``), and the
+  bound per chunk is the platform's (``chunked_ce.max_chunk_bytes``).
+  """
+  from polyglot_jax.models.attention import attention_platform
   cfg = model.cfg
-  return chunked_ce.resolve_chunk_size(tokens, cfg.vocab_size, cfg.ce_chunk_size, cfg.ce_chunk_threshold_bytes)
+  return chunked_ce.resolve_chunk_size(tokens, cfg.vocab_size, cfg.ce_chunk_size, cfg.ce_chunk_threshold_bytes,
+                                       shards=mesh_lib.logical_axis_size("batch"),
+                                       max_bytes=chunked_ce.max_chunk_bytes(attention_platform()))
 
 
 def decoder_outputs(model, inputs_BxL, segment_ids_BxL, positions_BxL, return_aux: tuple[str, ...] = ()):
@@ -87,13 +96,25 @@ def token_losses(out, targets_BxL):
 def lm_sums(logits_BxLxV, batch, num_languages: int, z_loss: float):
   """LM loss sum, its token normaliser and the LM metric outputs of one text batch.
 
-  ``logits_BxLxV`` may be ``HeadInputs`` instead: the loss is then computed chunk by chunk.
+  ``logits_BxLxV`` may be ``HeadInputs`` instead: the loss sum is then computed chunk
+  by chunk with its gradient formed in the forward loop (``chunked_weighted_ce_sum``);
+  only the loss sum is differentiable then, the metric outputs are values.
   """
-  ce_BxL, log_z_BxL = token_losses(logits_BxLxV, batch["targets"])
   weights_BxL = batch["loss_weights"].astype(jnp.float32)
-  ce_sum = jnp.sum(ce_BxL * weights_BxL)
-  z_sum = jnp.sum(jnp.square(log_z_BxL) * weights_BxL)
-  loss_sum = ce_sum + z_loss * z_sum
+  if isinstance(logits_BxLxV, HeadInputs):
+    out = logits_BxLxV
+    b, length, e = out.hidden_BxLxE.shape
+    loss_sum, ce_T, log_z_T = chunked_ce.chunked_weighted_ce_sum(
+        out.hidden_BxLxE.reshape(b * length, e).astype(out.head_ExV.dtype), out.head_ExV,
+        batch["targets"].reshape(-1), weights_BxL.reshape(-1), z_loss=z_loss, chunk_size=out.chunk_size)
+    ce_BxL, log_z_BxL = ce_T.reshape(b, length), log_z_T.reshape(b, length)
+    ce_sum = jnp.sum(ce_BxL * weights_BxL)
+    z_sum = jnp.sum(jnp.square(log_z_BxL) * weights_BxL)
+  else:
+    ce_BxL, log_z_BxL = token_cross_entropy(logits_BxLxV, batch["targets"])
+    ce_sum = jnp.sum(ce_BxL * weights_BxL)
+    z_sum = jnp.sum(jnp.square(log_z_BxL) * weights_BxL)
+    loss_sum = ce_sum + z_loss * z_sum
   lang_loss, lang_weight = per_language_sums(ce_BxL, weights_BxL, batch["lang_ids"], num_languages)
   outputs = {"ce_sum": ce_sum, "z_sum": z_sum, "lang_loss_sum": lang_loss, "lang_weight": lang_weight}
   return loss_sum, jnp.sum(weights_BxL), outputs

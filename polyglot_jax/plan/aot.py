@@ -241,14 +241,17 @@ def attention_backend(config: ConfigDict) -> str:
   return attention.resolve_attention_impl(m.attention_impl, "tpu", config.data.seq_len, m.dtype, head_dim)
 
 
-def ce_chunking(config: ConfigDict) -> tuple[int, int]:
+def ce_chunking(config: ConfigDict, sizes: Mapping[str, int] | None = None) -> tuple[int, int]:
   """(chunks, tokens per chunk) of the chunked cross-entropy for one micro-batch; (0, 0) when it is off.
 
-  The same resolution the objective makes (models/chunked_ce.resolve_chunk_size)
-  over the micro-batch's tokens (all chips together).
+  The same resolution the objective makes (objectives/lm.chunk_size_for → models/chunked_ce.resolve_chunk_size)
+  over the micro-batch's tokens (all chips together), with auto mode sized by one chip's share of them
+  and the accelerator bound per chunk.
 
   Args:
     config: the planned config (model.ce_chunk_size, batch, grad_accum_steps).
+    sizes: mesh axis sizes; the "batch" rule's axes split the tokens. None: the config's mesh
+      when it has no -1 axis, else unsplit.
 
   Returns:
     (number of chunks, tokens per chunk), both over all chips.
@@ -256,8 +259,18 @@ def ce_chunking(config: ConfigDict) -> tuple[int, int]:
   from polyglot_jax.models import chunked_ce
   m, d = config.model, config.data
   tokens = d.global_batch_size // config.optimizer.grad_accum_steps * d.seq_len
-  chunk = chunked_ce.resolve_chunk_size(tokens, m.vocab_size, m.ce_chunk_size, m.ce_chunk_threshold_bytes)
+  if sizes is None:
+    sizes = {k: int(v) for k, v in config.mesh.items()} if all(int(v) > 0 for v in config.mesh.values()) else {}
+  chunk = chunked_ce.resolve_chunk_size(tokens, m.vocab_size, m.ce_chunk_size, m.ce_chunk_threshold_bytes,
+                                        shards=_rule_shards(config, sizes, "batch"),
+                                        max_bytes=chunked_ce.max_chunk_bytes("tpu"))
   return (-(-tokens // chunk), chunk) if chunk else (0, 0)
+
+
+def _rule_shards(config: ConfigDict, sizes: Mapping[str, int], logical: str) -> int:
+  """How many chips a logical axis is split over on a mesh of ``sizes`` (1 when it has no rule)."""
+  target = dict(mesh_lib.rules_tuple(config.logical_axis_rules)).get(logical)
+  return math.prod(sizes.get(a, 1) for a in ((target,) if isinstance(target, str) else tuple(target or ())))
 
 
 def logits_bytes_per_chip(config: ConfigDict, sizes: Mapping[str, int]) -> float:
@@ -274,14 +287,11 @@ def logits_bytes_per_chip(config: ConfigDict, sizes: Mapping[str, int]) -> float
   Returns:
     bytes per chip.
   """
-  rules = dict(mesh_lib.rules_tuple(config.logical_axis_rules))
-
   def shards(logical):
-    target = rules.get(logical)
-    return math.prod(sizes[a] for a in ((target,) if isinstance(target, str) else tuple(target or ())))
+    return _rule_shards(config, sizes, logical)
 
   d = config.data
-  chunks, chunk = ce_chunking(config)
+  chunks, chunk = ce_chunking(config, sizes)
   tokens = -(-chunk // shards("batch")) if chunks else d.global_batch_size // config.optimizer.grad_accum_steps \
       // shards("batch") * d.seq_len
   return float(tokens * -(-config.model.vocab_size // shards("act_vocab")) * 4)
@@ -411,7 +421,7 @@ def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_langua
   layers = config.model.num_layers
   base = {"model.scan_layers": False, "optimizer.grad_accum_steps": 1,
           "data.global_batch_size": config.data.global_batch_size // accum}
-  chunks, chunk = ce_chunking(config)
+  chunks, chunk = ce_chunking(config, sizes)
   results, timings, splash, raw = [], {}, [], {}
   probes = [(depth, 1) for depth in sorted({1, min(2, layers)})] + ([(1, 2)] if chunks > 1 else [])
   for depth, unroll in probes:
@@ -511,7 +521,7 @@ def plan_step(config: ConfigDict, topology: str, mesh: Mapping[str, int] | None 
       memory_source="", tokens_per_step=tokens,
       model_flops_per_step=train_flops_per_token(ModelConfig.from_config(config.model), d.seq_len) * tokens,
       sequence_parallel=is_sequence_parallel(config), attention=attention_backend(config),
-      ce_chunks=ce_chunking(config))
+      ce_chunks=ce_chunking(config, sizes))
 
   setup, batch = build_setup(config, sizes, devices, num_languages)
   plan.parameters = sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state.params))

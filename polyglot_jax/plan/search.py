@@ -153,7 +153,7 @@ def search(config: ConfigDict, topology: str, remats: Sequence[str] = REMAT_ORDE
     tried.append(plan)
     log(f"    fits: {aot.gib_text(plan.hbm_needed_bytes)} of {aot.gib_text(tpu.hbm_bytes)} GiB per chip"
         if plan.fits else f"    {plan.note}")
-    probes = 3 if aot.ce_chunking(candidate)[0] > 1 else 2  # The chunked loop needs one more probe.
+    probes = 3 if aot.ce_chunking(candidate, sizes)[0] > 1 else 2  # The chunked loop needs one more probe.
     if plan.fits and budget["compiles"] + probes <= max_compiles:
       sized = aot.with_overrides(candidate, {f"mesh.{k}": v for k, v in sizes.items()})
       flops, seconds, timings, added = aot.probe_cost(sized, sizes, devices, num_languages, log,
