@@ -7,12 +7,12 @@ Plan (no TPU needed; libtpu from `pip install -e '.[tpu]'`):
 Expect (docs/scale.md has the tables; every figure is the XLA TPU compiler's
 estimate, none measured): 1.28B parameters (0.5B of them the embedding). On
 v5p-32 (16 chips, fsdp=16, remat "dots", splash attention) the cross-entropy
-in 64 chunks of 8,192 tokens (512 per chip) fits at 27.4 of 95.7 GiB per
-chip; the compiler estimates 1.06 s per step (~57% MFU), 2.3 days for the
-100B tokens. The full float32 logits (ce_chunk_size=0: 31 GiB per chip and
-their gradient) also fit there, at 88.7 GiB, and are faster by the estimate
-(0.85 s, ~71%, 1.9 days): the chunked loop gathers the head and reduces its
-gradient once per chunk. On 16 GB v5e chips the logits are what does not
+in 64 chunks of 8,192 tokens (512 per chip, the default auto chunking) fits
+at 29.1 of 95.7 GiB per chip; the compiler estimates 0.91 s per step (~67%
+MFU), 2.0 days for the 100B tokens. The full float32 logits
+(ce_chunk_size=0: 31 GiB per chip and their gradient) also fit there, at
+88.7 GiB, and are a little faster by the estimate (0.85 s, ~71%, 1.9
+days). On 16 GB v5e chips the logits are what does not
 fit. UniMax (max_epochs 4) gives each language ~1.09B tokens; the 18
 smallest reach their 4-epoch cap. A plan takes ~3–4 minutes on 2 CPU cores.
 
@@ -40,9 +40,8 @@ def get_config():
   m.scan_layers = True  # One compiled layer: bounded compile time for the planner and for training.
   m.remat_policy = "dots"
   m.attention_block = 512
-  # 512 tokens per chip per chunk on v5p-32 (16 chips). The default (-1) sizes chunks from all
-  # chips' tokens: 64-token chunks, 8,192 of them (docs/scale.md); 0 keeps the full logits.
-  m.ce_chunk_size = 8192
+  # Auto: on v5p-32 (16 chips) 64 chunks of 512 tokens per chip; 0 keeps the full logits.
+  m.ce_chunk_size = -1
   config.mesh.fsdp = -1
   d = config.data
   d.languages = MC4_LANGUAGES

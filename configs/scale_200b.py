@@ -4,7 +4,7 @@ Plan (no TPU needed; libtpu from `pip install -e '.[tpu]'`):
     polyglot-jax plan --config configs/scale_200b.py --topology v5p-8192
     polyglot-jax plan --config configs/scale_200b.py --topology v5p-8192 --search --max_compiles 10
     polyglot-jax plan --config configs/scale_200b.py --topology v5p-1024 --mesh data=2,fsdp=256 \
-        --config.model.remat_policy=full --config.model.ce_chunk_size=262144
+        --config.model.remat_policy=full --config.model.ce_chunk_size=-1
 
 Model: 92 layers, d_model 12288, 96 query / 8 key-value heads of 128, SwiGLU
 49152, 256k tied vocabulary: 200B parameters. bf16 compute, float32
@@ -20,8 +20,8 @@ attention fits at 43.7 of 95.7 GiB per chip with the full logits (1 GiB per
 chip there); the compiler estimates 3.64 s per step (~77% MFU, an upper
 bound), ~40 days for the 4T tokens. A v5p-1024 (512 chips) fits with the
 mesh its search finds, data=2, fsdp=256, remat "full", once the
-cross-entropy is chunked at 512 tokens per chip (ce_chunk_size=262144):
-63.7 GiB per chip, 33.3 s per step (~67% MFU), ~367 days. UniMax: 79 of the
+cross-entropy is chunked (ce_chunk_size=-1, auto: 16 chunks of 512 tokens
+per chip): 76.7 GiB per chip, 33.0 s per step (~68% MFU), ~365 days. UniMax: 79 of the
 101 languages reach their 4-epoch cap, the 22 largest get 116B tokens each,
 English sees 4% of its mC4 tokens. A plan takes ~2–6 minutes on 2 CPU cores.
 
@@ -51,8 +51,8 @@ def get_config():
   m.remat_policy = "dots"  # Keep matmul outputs; "full" also fits and costs ~20% more compute.
   m.attention_block = 512
   # Full float32 logits: one row of 4096 tokens per chip and the vocabulary split 4 ways make them
-  # 1 GiB per chip on v5p-8192, where chunking only adds loop work. The default (-1) would make
-  # 65,536 chunks of 64 tokens (docs/scale.md); on v5p-1024 use 262144 (512 tokens per chip).
+  # 1 GiB per chip on v5p-8192, where chunking only adds loop work. On v5p-1024 use the default
+  # (-1): 16 chunks of 512 tokens per chip (docs/scale.md).
   m.ce_chunk_size = 0
   # The search's pick on v5p-8192 (docs/scale.md): 2 data-parallel replicas, each FSDP over
   # the rest with heads, MLP and vocabulary split 4 ways.

@@ -7,8 +7,9 @@ Plan (no TPU needed; libtpu from `pip install -e '.[tpu]'`):
 Expect (docs/scale.md has the tables; every figure is the XLA TPU compiler's
 estimate, none measured): 8.03B parameters. On v5p-128 (64 chips) pure FSDP
 with remat "dots", splash attention and the cross-entropy in 32 chunks of
-32,768 tokens (512 per chip) fits at 56.8 of 95.7 GiB per chip; the compiler
-estimates 2.71 s per step (~72% MFU), 30 days for the 1T tokens. With the
+32,768 tokens (512 per chip, what the default auto chunking picks) fits at
+57.5 of 95.7 GiB per chip; the compiler estimates 2.56 s per step (~76%
+MFU), 28 days for the 1T tokens. With the
 full float32 logits (ce_chunk_size=0) it needs 94.6 GiB (at the compiler's
 limit) and 2.48 s (~79%); with attention_impl="xla" 69.2 GiB and 3.23 s
 (~60%). On v5e-8 it does not fit. UniMax (max_epochs 4): 59 of the 101
@@ -40,9 +41,8 @@ def get_config():
   m.scan_layers = True
   m.remat_policy = "dots"
   m.attention_block = 512
-  # 512 tokens per chip per chunk on v5p-128 (64 chips): 500 MiB of float32 logits per chip. The
-  # default (-1) sizes chunks from all chips' tokens: 64-token chunks, 16,384 of them (docs/scale.md).
-  m.ce_chunk_size = 32768
+  # Auto: on v5p-128 (64 chips) 32 chunks of 512 tokens per chip, 500 MiB of float32 logits per chip.
+  m.ce_chunk_size = -1
   config.mesh.fsdp = -1
   d = config.data
   d.languages = MC4_LANGUAGES
