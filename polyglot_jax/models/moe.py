@@ -6,8 +6,8 @@ Two ways to get tokens to their experts (``config.model.moe_dispatch``):
 
 * ``dropless``: the T·k (token, slot) assignments are sorted by expert and
   each expert's contiguous rows go through one grouped matmul
-  (``jax.lax.ragged_dot``, group sizes = rows per expert; on CPU, groups
-  padded to whole blocks, ``blocked_grouped_matmuls``). No token is dropped.
+  (``jax.lax.ragged_dot``, group sizes = rows per expert; on CPU, a loop over
+  pieces of each group's rows, ``blocked_grouped_matmuls``). No token is dropped.
 * ``capacity``: each expert gets a fixed buffer of ceil(C·T·k/N) rows (GShard /
   Switch), filled by a scatter of the kept assignments and read back by a
   gather; assignments past a full buffer are dropped (top-1 choices fill
@@ -24,6 +24,7 @@ The layer returns its router logits and load statistics for the losses
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from polyglot_jax.mesh import constrain
+from polyglot_jax.models.attention import attention_platform
 from polyglot_jax.models.config import ModelConfig
 from polyglot_jax.models.layers import dtype_of, param
 from polyglot_jax.models.mlp import SwiGLU
@@ -170,38 +172,28 @@ class MoE(nnx.Module):
 
     The grouped matmul is ``jax.lax.ragged_dot`` on TPU and GPU. The CPU backend
     lowers ragged_dot to one dense matmul per expert over all rows (N times the
-    work), so there each group is padded to whole blocks instead
-    (``blocked_grouped_matmuls``): the same rows and result, ≤ N blocks of padding.
+    work), so there a loop runs each group's rows in pieces instead
+    (``blocked_grouped_matmuls``): the same rows and result, < one small piece of waste per group.
+    Rows move by gathers only, both ways and in the backward pass (``_take_rows``); the combine
+    is a weighted sum over each token's k rows.
     """
     t, k = indices_TxK.shape
+    a = t * k
     gate_NxExF, up_NxExF, down_NxFxE = self._weights()
-    expert_A = indices_TxK.reshape(t * k)  # A = T·k assignments, token-major.
-    order_A = jnp.argsort(expert_A, stable=True)
+    expert_A = indices_TxK.reshape(a)  # A = T·k assignments, token-major.
+    order_A = jnp.argsort(expert_A, stable=True).astype(jnp.int32)  # Sorted row r is assignment order_A[r].
+    rank_A = _inverse_permutation(order_A)  # Assignment i is sorted row rank_A[i].
     group_sizes_N = jnp.bincount(expert_A, length=self.num_experts).astype(jnp.int32)
-    if _platform() == "cpu":
-      # Every row moves once each way: a gather of token rows into the padded blocks and a gather of
-      # each assignment's output row back (only integer indices are scattered).
-      a, n = t * k, self.num_experts
-      b = block_rows(a, n)
-      num_blocks, padded_start_N, block_expert = _block_layout(group_sizes_N, a, b)
-      start_N = jnp.cumsum(group_sizes_N) - group_sizes_N
-      expert_sorted = expert_A[order_A]
-      dest_sorted = padded_start_N[expert_sorted] + jnp.arange(a) - start_N[expert_sorted]
-      dest_A = jnp.zeros((a,), jnp.int32).at[order_A].set(dest_sorted.astype(jnp.int32), unique_indices=True)
-      source_P = jnp.full((num_blocks * b,), t, jnp.int32).at[dest_A].set(
-          jnp.arange(a, dtype=jnp.int32) // k, unique_indices=True)  # Padding rows read token t: zeros.
-      x_PxE = jnp.take(x_TxE, source_P, axis=0, mode="fill", fill_value=0)
-      y_PxE = _block_swiglu(x_PxE, block_expert, b, gate_NxExF, up_NxExF, down_NxFxE)
-      y_TxKxE = jnp.take(y_PxE, dest_A, axis=0).reshape(t, k, -1)
+    x_AxE = _take_rows(x_TxE, order_A // k, rank_A)
+    if attention_platform() == "cpu":
+      y_AxE = blocked_grouped_matmuls(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE)
     else:
-      x_AxE = jnp.take(x_TxE, order_A // k, axis=0)
       gate_AxF = jax.lax.ragged_dot(x_AxE, gate_NxExF, group_sizes_N)
       up_AxF = jax.lax.ragged_dot(x_AxE, up_NxExF, group_sizes_N)
       h_AxF = jax.nn.silu(gate_AxF) * up_AxF
       y_AxE = jax.lax.ragged_dot(h_AxF, down_NxFxE, group_sizes_N)
-      # Back to token-major order: sorted row r is assignment order_A[r].
-      y_TxKxE = jnp.zeros_like(y_AxE).at[order_A].set(y_AxE, unique_indices=True).reshape(t, k, -1)
-    return jnp.einsum("tke,tk->te", y_TxKxE, weights_TxK.astype(y_TxKxE.dtype))
+    y_TxKxE = _take_rows(y_AxE, rank_A, order_A).reshape(t, k, -1)  # Back to token-major order.
+    return jnp.sum(y_TxKxE * weights_TxK.astype(y_TxKxE.dtype)[:, :, None], axis=1)
 
   def _capacity(self, x_TxE, indices_TxK, weights_TxK, mask_T):
     """Fixed per-expert buffers filled by a scatter of the kept assignments; returns (out [T, E], dropped fraction)."""
@@ -236,71 +228,183 @@ class MoE(nnx.Module):
     return out_TxE, dropped
 
 
-def _platform() -> str:
-  """The platform being traced for: the active mesh's devices, else JAX's default backend."""
-  mesh = jax.sharding.get_abstract_mesh()
-  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
-  return getattr(device, "platform", None) or jax.default_backend()
+def _inverse_permutation(perm_A):
+  """The inverse of a permutation of arange(A): inv[perm[r]] = r (int32)."""
+  a = perm_A.shape[0]
+  return jnp.zeros((a,), jnp.int32).at[perm_A].set(jnp.arange(a, dtype=jnp.int32), unique_indices=True)
+
+
+@jax.custom_vjp
+def _take_rows(x_RxE, index_I, inverse_J):
+  """x_RxE[index_I], whose backward pass is a gather too (XLA's transpose of a gather is a scatter-add).
+
+  Every row r of x must be read exactly m = J / R times, at the output rows
+  inverse_J[r·m : (r+1)·m]; the cotangent of row r is then the sum of those m rows.
+  """
+  del inverse_J
+  return x_RxE.at[index_I].get(mode="promise_in_bounds")
+
+
+def _take_rows_fwd(x_RxE, index_I, inverse_J):
+  return _take_rows(x_RxE, index_I, inverse_J), (x_RxE.shape[0], index_I, inverse_J)
+
+
+def _take_rows_bwd(res, ct_IxE):
+  rows, index_I, inverse_J = res
+  ct_JxE = ct_IxE.at[inverse_J].get(mode="promise_in_bounds")
+  ct_RxE = jnp.sum(ct_JxE.reshape(rows, inverse_J.shape[0] // rows, -1), axis=1)
+  return ct_RxE, None, None
+
+
+_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+
+
+_BIG = 8  # Pieces of a group: as many of 8·block rows as fit, then ones of block rows.
 
 
 def block_rows(rows: int, groups: int) -> int:
-  """Rows per block of ``blocked_grouped_matmuls``: a power of two near rows / (4·groups), in [8, 512].
+  """The small piece of ``blocked_grouped_matmuls``: a power of two near rows / (16·groups), in [8, 128].
 
-  About four blocks per group on average, so padding (< one block per group) stays
-  near an eighth of the rows while the per-block weight gathers stay few.
+  Args:
+    rows: rows to multiply (T·k).
+    groups: experts.
+
+  Returns:
+    Rows of a small piece (a big one is 8 times that). A group wastes less than
+    one small piece (half of one on average: about 1/32 of the rows at even
+    loads), and a group of g rows takes about g / (8·block) + 4 pieces.
   """
-  target = max(rows // (4 * max(groups, 1)), 1)
-  return int(min(512, max(8, 2 ** int(math.floor(math.log2(target))))))
+  target = max(rows // (16 * max(groups, 1)), 1)
+  return int(min(128, max(8, 2 ** int(math.floor(math.log2(target))))))
 
 
 def blocked_grouped_matmuls(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, block: int = 0):
-  """SwiGLU over rows sorted by expert, each expert's rows padded to whole blocks of one expert.
+  """SwiGLU over rows sorted by expert, each expert's rows taken in pieces of two static sizes.
 
-  Row r of group n is placed at its group's padded start + its offset, each block of
-  ``block`` rows is multiplied by its expert's weights (a batched matmul over blocks,
-  weights gathered per block), and the rows are read back in the input order.
-  Padding rows are zero and never read back.
+  A loop over the experts takes each expert's weights once and runs its rows in
+  pieces: as many of ``8·block`` rows as fit, then pieces of ``block`` rows, the
+  last of which may run past the group's end (those rows' results are
+  overwritten by their own group, which comes later; in the backward pass their
+  cotangents are zeroed). So a group wastes < ``block`` rows and big groups run
+  in big matmuls. The backward pass is the same loop (a custom VJP: reverse-mode
+  autodiff cannot go through loops of data-dependent length), each expert's
+  weight gradients accumulated in float32.
 
   Args:
     x_AxE: [A, E] rows sorted by expert (group n = the next group_sizes_N[n] rows).
     group_sizes_N: [N] int32 rows per expert, summing to A.
     gate_NxExF, up_NxExF, down_NxFxE: the experts' SwiGLU weights.
-    block: rows per block; 0 picks ``block_rows(A, N)``.
+    block: rows of a small piece; 0 picks ``block_rows(A, N)``.
 
   Returns:
     [A, E]: down(silu(x·gate) * (x·up)) of each row's expert.
   """
+  a, n = x_AxE.shape[0], group_sizes_N.shape[0]
+  return _grouped_swiglu(x_AxE, group_sizes_N.astype(jnp.int32), gate_NxExF, up_NxExF, down_NxFxE,
+                         block or block_rows(a, n))
+
+
+def _over_pieces(group_sizes_N, rows: int, b: int, open_group, piece, close_group, carry):
+  """Runs ``piece`` over every group's pieces, group by group in row order; returns the final carry.
+
+  Per group n: ``local = open_group(n)``; then for each piece
+  ``(carry, local) = piece(carry, local, row, size, end)`` with its first row, its
+  static number of rows and ``end``: None for a big piece (all its rows are the
+  group's), the group's end row for a small one (rows from there on are not);
+  then ``carry = close_group(carry, local, n)``. Big pieces are left out when
+  they would be longer than ``rows`` (the total).
+  """
+  big = _BIG * b if _BIG * b <= rows else 0
+  end_N = jnp.cumsum(group_sizes_N)
+  start_N = end_N - group_sizes_N
+
+  def group(n, carry):
+    start, size = start_N[n], group_sizes_N[n]
+    state = (carry, open_group(n))
+    full = size // big if big else 0
+    if big:
+      state = jax.lax.fori_loop(0, full, lambda i, s: piece(*s, start + i * big, big, None), state)
+    row, end = start + full * big, start + size
+    state = jax.lax.fori_loop(0, (end - row + b - 1) // b, lambda i, s: piece(*s, row + i * b, b, end), state)
+    return close_group(state[0], state[1], n)
+
+  return jax.lax.fori_loop(0, group_sizes_N.shape[0], group, carry)
+
+
+def _swiglu_pieces(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, b: int, save: bool):
+  """The forward loop: (y [A, E], and when ``save`` the [A + b, F] gate and up activations, else None)."""
   a, e = x_AxE.shape
-  n = group_sizes_N.shape[0]
-  b = block or block_rows(a, n)
-  num_blocks, padded_start_N, block_expert = _block_layout(group_sizes_N, a, b)
-  start_N = jnp.cumsum(group_sizes_N) - group_sizes_N
-  expert_A = jnp.repeat(jnp.arange(n), group_sizes_N, total_repeat_length=a)
-  dest_A = padded_start_N[expert_A] + jnp.arange(a) - start_N[expert_A]
-  x_PxE = jnp.zeros((num_blocks * b, e), x_AxE.dtype).at[dest_A].set(x_AxE, unique_indices=True)
-  y_PxE = _block_swiglu(x_PxE, block_expert, b, gate_NxExF, up_NxExF, down_NxFxE)
-  return jnp.take(y_PxE, dest_A, axis=0)
+  f = gate_NxExF.shape[-1]
+  g_dt, u_dt = jnp.result_type(x_AxE, gate_NxExF), jnp.result_type(x_AxE, up_NxExF)
+  y_dt = jnp.result_type(g_dt, u_dt, down_NxFxE)
+  x_PxE = jnp.pad(x_AxE, ((0, b), (0, 0)))  # Room for the last piece to run past the end.
+
+  def open_group(n):
+    return tuple(jax.lax.dynamic_index_in_dim(w, n, keepdims=False) for w in (gate_NxExF, up_NxExF, down_NxFxE))
+
+  def piece(carry, weights, row, rows, end):
+    del end  # Rows past the group's end are rewritten by their own group later.
+    w_gate, w_up, w_down = weights
+    x_rxE = jax.lax.dynamic_slice_in_dim(x_PxE, row, rows)
+    g_rxF, u_rxF = x_rxE @ w_gate, x_rxE @ w_up
+    out = (jax.nn.silu(g_rxF) * u_rxF) @ w_down, g_rxF, u_rxF
+    return tuple(jax.lax.dynamic_update_slice_in_dim(c, o, row, 0) for c, o in zip(carry, out)), weights
+
+  init = (jnp.zeros((a + b, e), y_dt),) + ((jnp.zeros((a + b, f), g_dt), jnp.zeros((a + b, f), u_dt)) if save else ())
+  out = _over_pieces(group_sizes_N, a, b, open_group, piece, lambda carry, local, n: carry, init)
+  return out[0][:a], out[1:] if save else None
 
 
-def _block_layout(group_sizes_N, rows: int, b: int):
-  """(number of blocks, padded start of each group [N], expert of each block) for groups padded to blocks of b."""
-  n = group_sizes_N.shape[0]
-  num_blocks = -(-rows // b) + n  # Σ ceil(g_n / b) ≤ rows / b + N.
-  padded_N = (group_sizes_N + b - 1) // b * b
-  padded_start_N = jnp.cumsum(padded_N) - padded_N
-  # Expert of each block: how many groups' padded ends lie at or before its first row.
-  block_expert = jnp.searchsorted(jnp.cumsum(padded_N), jnp.arange(num_blocks) * b, side="right")
-  return num_blocks, padded_start_N, jnp.minimum(block_expert, n - 1)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _grouped_swiglu(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, b: int):
+  return _swiglu_pieces(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, b, save=False)[0]
 
 
-def _block_swiglu(x_PxE, block_expert, b: int, gate_NxExF, up_NxExF, down_NxFxE):
-  """SwiGLU of each block of b rows with its expert's weights (gathered per block): [P, E] → [P, E]."""
-  p, e = x_PxE.shape
-  x_BxRxE = x_PxE.reshape(p // b, b, e)
-  gate = jnp.einsum("jre,jef->jrf", x_BxRxE, jnp.take(gate_NxExF, block_expert, axis=0))
-  up = jnp.einsum("jre,jef->jrf", x_BxRxE, jnp.take(up_NxExF, block_expert, axis=0))
-  y_BxRxE = jnp.einsum("jrf,jfe->jre", jax.nn.silu(gate) * up, jnp.take(down_NxFxE, block_expert, axis=0))
-  return y_BxRxE.reshape(p, e)
+def _grouped_swiglu_fwd(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, b: int):
+  y_AxE, (g_PxF, u_PxF) = _swiglu_pieces(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, b, save=True)
+  return y_AxE, (x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, g_PxF, u_PxF)
+
+
+def _grouped_swiglu_bwd(b: int, res, dy_AxE):
+  x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, g_PxF, u_PxF = res
+  a = x_AxE.shape[0]
+  x_PxE = jnp.pad(x_AxE, ((0, b), (0, 0)))
+  dy_PxE = jnp.pad(dy_AxE, ((0, b), (0, 0)))
+  weights = (gate_NxExF, up_NxExF, down_NxFxE)
+  f32 = jnp.float32
+
+  def open_group(n):
+    w = tuple(jax.lax.dynamic_index_in_dim(w, n, keepdims=False) for w in weights)
+    return w + tuple(jnp.zeros(v.shape, f32) for v in w)
+
+  def piece(carry, local, row, rows, end):
+    dx_PxE, grads = carry
+    w_gate, w_up, w_down, d_gate, d_up, d_down = local
+    dy_rxE = jax.lax.dynamic_slice_in_dim(dy_PxE, row, rows)
+    if end is not None:  # Rows past the group's end belong to the next group: zero cotangents add nothing.
+      dy_rxE = jnp.where((row + jnp.arange(rows))[:, None] < end, dy_rxE, 0)
+    x_rxE = jax.lax.dynamic_slice_in_dim(x_PxE, row, rows)
+    h_rxF, h_vjp = jax.vjp(lambda g, u: jax.nn.silu(g) * u, jax.lax.dynamic_slice_in_dim(g_PxF, row, rows),
+                           jax.lax.dynamic_slice_in_dim(u_PxF, row, rows))
+    d_down = d_down + jnp.matmul(h_rxF.T, dy_rxE, preferred_element_type=f32)
+    dg_rxF, du_rxF = h_vjp(dy_rxE @ w_down.T)
+    d_gate = d_gate + jnp.matmul(x_rxE.T, dg_rxF, preferred_element_type=f32)
+    d_up = d_up + jnp.matmul(x_rxE.T, du_rxF, preferred_element_type=f32)
+    dx_rxE = (dg_rxF @ w_gate.T + du_rxF @ w_up.T).astype(dx_PxE.dtype)
+    # Row order again: zero rows written past the group's end are rewritten by their own group later.
+    dx_PxE = jax.lax.dynamic_update_slice_in_dim(dx_PxE, dx_rxE, row, 0)
+    return (dx_PxE, grads), (w_gate, w_up, w_down, d_gate, d_up, d_down)
+
+  def close_group(carry, local, n):
+    dx_PxE, grads = carry
+    return dx_PxE, tuple(jax.lax.dynamic_update_index_in_dim(g, d, n, 0) for g, d in zip(grads, local[3:]))
+
+  init = (jnp.zeros_like(x_PxE), tuple(jnp.zeros(w.shape, f32) for w in weights))
+  dx_PxE, grads = _over_pieces(group_sizes_N, a, b, open_group, piece, close_group, init)
+  return (dx_PxE[:a], None) + tuple(g.astype(w.dtype) for g, w in zip(grads, weights))
+
+
+_grouped_swiglu.defvjp(_grouped_swiglu_fwd, _grouped_swiglu_bwd)
 
 
 def _check_expert_axis(num_experts: int) -> None:
