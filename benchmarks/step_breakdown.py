@@ -14,7 +14,7 @@ pass is included.
 | ``attention`` × layers | attn_norm → q/k/v projections, RoPE, the attention kernel (``model.attention_impl``), output projection |
 | ``attention_core`` × layers | the attention kernel alone, on given q/k/v |
 | ``mlp`` × layers | mlp_norm → SwiGLU |
-| ``head_loss`` | final norm → output head → cross-entropy (the objective's path: chunked or full logits) |
+| ``head_loss`` | final norm → output head → cross-entropy loss sum (the lm objective's ``lm_sums``: chunked or full logits) |
 | ``embed`` | the embedding gather (and its scatter-add gradient) |
 | ``optimizer`` | the optimizer update alone (clipping, AdamW) on gradients shaped like the parameters |
 | ``step`` | the real train step (`polyglot-jax train`'s code) |
@@ -62,7 +62,7 @@ def part_functions(v: dict) -> dict:
 
   from polyglot_jax.models.attention import attend
   from polyglot_jax.models.layers import rope_tables
-  from polyglot_jax.objectives.lm import HeadInputs, chunk_size_for, token_losses
+  from polyglot_jax.objectives.lm import HeadInputs, chunk_size_for, lm_sums
   setup, config = v["setup"], v["config"]
   d, cfg = config.data, setup.model_cfg
   b, length = d.global_batch_size // config.optimizer.grad_accum_steps, d.seq_len
@@ -103,8 +103,9 @@ def part_functions(v: dict) -> dict:
     hidden = m.final_norm(h)
     chunk = chunk_size_for(m, b * length)
     logits = HeadInputs(hidden, m.head(), chunk) if chunk else m.logits(hidden)
-    ce, _ = token_losses(logits, tokens)
-    return ce
+    batch = {"targets": tokens, "loss_weights": jnp.ones((b, length), jnp.float32),
+             "lang_ids": jnp.zeros((b, length), jnp.int32)}
+    return lm_sums(logits, batch, 1, config.optimizer.z_loss)[0]  # The lm objective's loss sum.
 
   def embed(p, dummy):
     m = nnx.merge(graphdef_model, p)
