@@ -398,6 +398,7 @@ def test_lape_command_end_to_end(fake_load, tmp_path, capsys):
   record = json.loads((out / "lape.json").read_text())
   assert record["languages"] == ["en", "fr"] and record["settings"]["held_out"]
   assert np.load(out / "activation_probs.npy").shape == (2, 2, 64)
+  assert record["layer_widths"] == [64, 64] and record["moe_layers"] == [] and record["mlp_dim"] == 64
   assert set(record["table"]["delta"]) == {"en", "fr"}
   assert (out / "lape_neurons.png").stat().st_size > 0
   assert "perplexity change" in capsys.readouterr().out

@@ -7,9 +7,10 @@ language (Tang et al. 2024) and switches them off in a copy of the model
 docs/analysis.md.
 """
 
-from polyglot_jax.analysis.lape import (activation_probabilities, deactivate, deactivation_table, neuron_mask,
-                                        perplexity, select_neurons)
+from polyglot_jax.analysis.lape import (activation_counts, activation_probabilities, deactivate, deactivation_table,
+                                        layer_widths, neuron_mask, perplexity, select_neurons)
 from polyglot_jax.analysis.logit_lens import layer_distributions, lens, translation_items, word_token_sets
 
-__all__ = ["activation_probabilities", "deactivate", "deactivation_table", "layer_distributions", "lens",
-           "neuron_mask", "perplexity", "select_neurons", "translation_items", "word_token_sets"]
+__all__ = ["activation_counts", "activation_probabilities", "deactivate", "deactivation_table", "layer_distributions",
+           "layer_widths", "lens", "neuron_mask", "perplexity", "select_neurons", "translation_items",
+           "word_token_sets"]

@@ -9,8 +9,11 @@
 logit-lens writes ``DIR/logit_lens.json`` (per-layer curves and the items)
 and ``DIR/logit_lens.png``. lape reads ``{"text", "lang"}`` records and
 writes ``DIR/lape.json`` (neurons per language, the perplexity table),
-``DIR/activation_probs.npy`` [langs, layers, mlp_dim] and
-``DIR/lape_neurons.png``. Both print a table. See docs/analysis.md.
+``DIR/activation_probs.npy`` [langs, layers, width] and
+``DIR/lape_neurons.png``. Both print a table. See docs/analysis.md. In an
+MoE layer the neurons are numbered expert by expert (expert j's neuron f is
+``j · mlp_dim + f``; ``analysis/lape.py``); lape.json records each layer's
+width and its MoE layers.
 """
 
 from __future__ import annotations
@@ -153,12 +156,15 @@ def _lape(args) -> int:
                                     seq_len=args.seq_len, progress=True)
   os.makedirs(args.out, exist_ok=True)
   num_layers = model.cfg.num_layers
+  cfg = model.cfg
   record = {
       "model": args.model, "input": args.input, "languages": langs,
       "num_tokens": {lang: int(sum(len(s) for s in identify[lang])) for lang in langs},
       "settings": {"top_rate": args.top_rate, "filter_rate": args.filter_rate,
                    "activation_bar_ratio": args.activation_bar_ratio, "seq_len": args.seq_len, "seed": args.seed,
                    "eval_fraction": args.eval_fraction, "held_out": separate},
+      # Neuron numbering: layer i has layer_widths[i] neurons; in an MoE layer expert j's neuron f is j·mlp_dim + f.
+      "layer_widths": lape.layer_widths(model), "moe_layers": list(cfg.moe_layer_ids()), "mlp_dim": cfg.mlp_dim,
       "neurons": {lang: {str(k): v for k, v in by_layer.items()} for lang, by_layer in neurons.items()},
       "neurons_per_layer": {lang: [len(by_layer.get(i, ())) for i in range(num_layers)]
                             for lang, by_layer in neurons.items()},
