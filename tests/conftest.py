@@ -11,6 +11,28 @@ sys.modules.setdefault("triton", None)
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+
+def _session_compilation_cache() -> None:
+  """One persistent XLA compilation cache per test session, shared with the processes tests start.
+
+  Many tests build the same tiny model and step functions (every ``train_and_evaluate`` jits its own
+  init, train and eval steps): identical programs are compiled once per session instead of once per
+  call. The directory is fresh (nothing carries over between sessions) and removed at exit.
+  """
+  import atexit
+  import shutil
+  import tempfile
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # The caller's own cache wins.
+    return
+  path = tempfile.mkdtemp(prefix="polyglot_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  # Programs that compile faster than this are not worth a file (jax's default, 1 s, misses most tiny steps).
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+_session_compilation_cache()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -62,8 +62,9 @@ def test_sigterm_saves_and_rerun_resumes(make_config, tmp_path):
   assert stopped, out[-2000:]
   step = int(stopped[0].split("step ")[1].split(";")[0])
   assert str(step) in os.listdir(workdir / "checkpoints")
+  # Two more steps of the same run (num_steps unchanged: the same compiled step, from the session's cache).
   result = run_cli("train", "--config", config_path, "--workdir", str(workdir),
-                   f"--config.train.num_steps={step + 2}")
+                   f"--config.train.stop_after_steps={step + 2}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert f"resumed from checkpoint step {step}" in result.stdout
   rows = [json.loads(line) for line in metrics.read_text().splitlines()]

@@ -20,6 +20,9 @@ MGSM = {"en": [("Anna has 3 apples and buys 4 more. How many apples does she hav
         "fr": [("Anna a 3 pommes et en achète 4. Combien de pommes a-t-elle ?", "7"),
                ("Une boîte contient 12 stylos. Combien de stylos dans 2 boîtes ?", "24")]}
 FLORES = {"eng_Latn": ["The cat sleeps.", "We eat bread."], "fra_Latn": ["Le chat dort.", "Nous mangeons du pain."]}
+# Training steps of the memorising model: its loss is on its floor (~0.05, the unpredictable first tokens) by
+# step ~150 at this learning rate, and every answer is reproduced exactly from then on.
+STEPS = 200
 
 
 def write_tasks(root, flip_labels=False):
@@ -70,7 +73,7 @@ def trained(demo_data, tmp_path_factory):
       f.write(json.dumps({"text": text, "lang": lang}, ensure_ascii=False) + "\n")
   config = tiny_config(demo_data, data__train_files=(str(train),), data__eval_files=(), model__d_model=64,
                        model__mlp_dim=128, optimizer__learning_rate=1e-2, optimizer__warmup_steps=5,
-                       train__num_steps=300, train__log_every_steps=100, data__seq_len=128, checkpoint__every_steps=1000,
+                       train__num_steps=STEPS, train__log_every_steps=100, data__seq_len=128, checkpoint__every_steps=1000,
                        evaluation__tasks=tuple(f"{n}={paths[n]}" for n in ("xcopa", "mgsm", "flores")),
                        evaluation__batch_size=4, evaluation__max_new_tokens=16)
   workdir = str(root / "run")
@@ -85,9 +88,9 @@ def test_memorised_answers_score_full_marks_during_training(trained):
   assert {lang: row["acc"] for lang, row in results["mgsm"]["per_language"].items()} == {"en": 1.0, "fr": 1.0}
   assert results["flores"]["per_language"]["eng_Latn-fra_Latn"]["chrf++"] == pytest.approx(100.0)
   assert "spBLEU not computed" in results["flores"]["metrics"]
-  written = json.load(open(f"{trained['workdir']}/evaluation/step_300/results.json"))
+  written = json.load(open(f"{trained['workdir']}/evaluation/step_{STEPS}/results.json"))
   assert written["tasks"]["xcopa"]["mean"] == 1.0
-  assert (trained["root"] / "run" / "evaluation" / "step_300" / "xcopa.png").stat().st_size > 1000
+  assert (trained["root"] / "run" / "evaluation" / f"step_{STEPS}" / "xcopa.png").stat().st_size > 1000
 
 
 def test_eval_command_figures_match_references(trained, tmp_path, capsys):

@@ -55,7 +55,9 @@ def free_port() -> int:
 
 def host_env(num_devices: int, **jax_vars) -> dict:
   """This process's environment with its own device count and JAX_* variables."""
-  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  # The session's compilation cache (conftest.py) stays: hosts of later launches reuse the compiled steps.
+  keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k in keep}
   env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}", JAX_PLATFORMS="cpu",
              TF_CPP_MIN_LOG_LEVEL="3", **{k: str(v) for k, v in jax_vars.items()})
   return env

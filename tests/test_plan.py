@@ -27,6 +27,20 @@ needs_libtpu = pytest.mark.skipif(
 FLOPS_TOLERANCE = 0.10
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_cached_tpu_executables():
+  """Keeps this module's TPU compiles out of the session's compilation cache (conftest.py).
+
+  A compile-only TPU client cannot load a cached executable back (jax warns and compiles again), so
+  writing them would only cost time.
+  """
+  import jax
+  before = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+  yield
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+
+
 def tiny_config(**overrides):
   """A 2-layer d_model=128 decoder, bf16 compute; the planner needs no data files."""
   c = config_lib.default_config()
@@ -371,6 +385,7 @@ def test_run_plan_rejects_a_language_without_a_size(monkeypatch):
 
 def _cli(*args):
   env = dict(os.environ, PYTHONPATH=REPO)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # TPU executables are not cached (see _no_cached_tpu_executables).
   return subprocess.run([sys.executable, "-m", "polyglot_jax", "plan", *args], capture_output=True, text=True,
                         timeout=300, env=env, cwd=REPO)
 
