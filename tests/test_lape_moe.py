@@ -20,6 +20,7 @@ from polyglot_jax.models.config import ModelConfig
 from polyglot_jax.models.decoder import Decoder
 
 import reference
+from test_analysis import forward
 
 N, K, F = 4, 2, 8  # Experts, experts per token, neurons per expert (mlp_dim).
 VARIANTS = {
@@ -57,23 +58,6 @@ def make_model(variant):
 
 def params_np(model):
   return jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-
-
-_FORWARDS = {}
-
-
-def forward(model, rows, width=16):
-  """Logits of ≤ 2 rows right-padded to ``width``: one compile per model structure."""
-  rows = np.atleast_2d(np.asarray(rows, np.int32))
-  graphdef, state = nnx.split(model)
-  if graphdef not in _FORWARDS:
-    _FORWARDS[graphdef] = jax.jit(lambda st, x, seg: nnx.merge(graphdef, st)(x, seg))
-  tokens = np.zeros((2, width), np.int32)
-  tokens[:len(rows), :rows.shape[1]] = rows
-  segments = np.zeros((2, width), np.int32)
-  segments[:len(rows), :rows.shape[1]] = 1
-  return np.asarray(_FORWARDS[graphdef](state, jnp.asarray(tokens), jnp.asarray(segments)))[:len(rows),
-                                                                                            :rows.shape[1]]
 
 
 def _silu(x):
