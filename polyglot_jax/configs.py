@@ -33,10 +33,10 @@ DEFAULT_RULES = (
     ("mlp", "tensor"),
     ("layers", None),
     ("expert", "expert"),
-    # Activations. The batch is split over (data, fsdp); activation feature
+    # Activations. The batch is split over (data, fsdp, expert); activation feature
     # dims use their own names so that a weight's embed→fsdp rule does not
     # also shard activations along the axis their batch already uses.
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", "expert")),
     ("length", None),
     # The residual stream's length between blocks (decoder.py, attention.out, mlp.out):
     # ("act_length", "tensor") shards it over the tensor axis (sequence parallelism,

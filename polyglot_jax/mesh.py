@@ -22,8 +22,10 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from polyglot_jax.errors import MeshError  # noqa: F401  (re-exported)
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
-# Mesh axes the batch dimension is split over (each host feeds its shard).
-BATCH_AXES = ("data", "fsdp")
+# Mesh axes the batch dimension is split over (each host feeds its shard). The
+# expert axis is one of them: outside the MoE layers it is one more data axis
+# (docs/moe.md, expert parallelism); at expert=1 it changes nothing.
+BATCH_AXES = ("data", "fsdp", "expert")
 
 
 
@@ -138,6 +140,12 @@ def logical_axis_size(name: str) -> int:
   return math.prod(mesh.shape[a] for a in targets if a in mesh.shape)
 
 
+def multi_device_mesh() -> bool:
+  """Whether an active (abstract) mesh spans more than one device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not (mesh is None or mesh.empty or math.prod(mesh.shape.values()) == 1)
+
+
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules):
   """Sets the mesh and logical-axis rules for model construction and tracing."""
@@ -146,7 +154,7 @@ def activate(mesh: Mesh, rules):
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Leading (batch) dim over (data, fsdp), the rest replicated."""
+  """Leading (batch) dim over ``BATCH_AXES`` (data, fsdp, expert), the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 

@@ -77,7 +77,8 @@ def test_greedy_generation_on_a_sharded_mesh_matches_one_device(model):
                         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   sharded = nnx.merge(graphdef, placed)
   assert sharded.embedding[...].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-  # [layers,] B, kv_heads, T, head_dim: batch over (data, fsdp), kv heads over tensor.
+  # [layers,] B, kv_heads, T, head_dim: batch over (data, fsdp) (expert, a batch axis too, has size 1 here),
+  # kv heads over tensor.
   layers = (None,) if model.cfg.scan_layers else ()
   assert cache_spec == jax.sharding.PartitionSpec(*layers, ("data", "fsdp"), "tensor")
   prompts = [[5, 17, 300, 42], [9], list(range(100, 140))]  # 3 rows: padded to the 4 batch shards.

@@ -234,6 +234,39 @@ def test_expert_sharded_equals_unsharded_forward_and_gradients(axes, dispatch):
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-4)
 
 
+def _sharded_layer_step(axes, length, dispatch="dropless"):
+  """(mesh, jitted loss+grad of an MoE layer, its state placed by the rules, x placed by the batch rule)."""
+  layer = make_moe(moe_dispatch=dispatch, moe_capacity_factor=1.0)
+  graphdef, state = nnx.split(layer)
+  mesh = mesh_lib.make_mesh(axes)
+  with mesh_lib.activate(mesh, config_lib.DEFAULT_RULES):
+    specs = nnx.get_partition_spec(state)
+    placed = jax.tree.map(lambda a, s: jax.device_put(a, jax.sharding.NamedSharding(mesh, s)), state, specs,
+                          is_leaf=lambda a: isinstance(a, jax.sharding.PartitionSpec))
+    x = jax.device_put(random_x((8, length, 16), seed=3), mesh_lib.batch_sharding(mesh, 3))
+  step = jax.value_and_grad(lambda st, x: jnp.sum(nnx.merge(graphdef, st)(x)[0] ** 2))
+  return mesh, jax.jit(step), placed, x
+
+
+@pytest.mark.parametrize("axes", [{"expert": 2, "fsdp": 4}, {"expert": 4, "fsdp": 2}], ids=["e2f4", "e4f2"])
+def test_expert_parallel_dropless_moves_tokens_by_gather_and_reduce_scatter(axes):
+  # Under the default rules the batch is split over the expert axis too: each device gathers its expert
+  # group's tokens, runs its own experts and reduce-scatters the outputs back. No all-reduce carries tokens:
+  # what is all-reduced (router gradient, loss) does not grow with the sequence; the gathers do.
+  from polyglot_jax.plan import hlo
+  per_length = {}
+  for length in (64, 256):
+    mesh, step, placed, x = _sharded_layer_step(axes, length)
+    with mesh_lib.activate(mesh, config_lib.DEFAULT_RULES):
+      counts = hlo.collectives(step.lower(placed, x).compile().as_text())
+    per_length[length] = {k: counts[k]["bytes"] for k in ("all-reduce", "all-gather", "reduce-scatter")}
+  small, big = per_length[64], per_length[256]
+  assert big["all-reduce"] == small["all-reduce"], per_length
+  token_bytes_per_chip = 8 * 192 * 16 * 4 // 8  # The extra tokens of one device, float32.
+  assert big["reduce-scatter"] - small["reduce-scatter"] >= token_bytes_per_chip, per_length
+  assert big["all-gather"] - small["all-gather"] >= token_bytes_per_chip, per_length
+
+
 # ---------------------------------------------------------------- the decoder
 
 

@@ -90,8 +90,13 @@ def test_model_dimension_must_divide_by_its_mesh_axis():
   config = tiny_config(model__num_heads=8)
   with pytest.raises(PlanError, match=r"config.model.num_kv_heads=4 is not divisible by mesh tensor=8"):
     aot.check_divisible(config, {"data": 1, "fsdp": 1, "tensor": 8, "expert": 1})
-  with pytest.raises(PlanError, match=r"global_batch_size=16 .* not divisible by mesh data×fsdp=32"):
+  with pytest.raises(PlanError, match=r"global_batch_size=16 .* not divisible by mesh data×fsdp×expert=32"):
     aot.check_divisible(config, {"data": 1, "fsdp": 32, "tensor": 1, "expert": 1})
+  # The expert axis splits the batch too (outside the MoE layers it is one more data axis).
+  moe = tiny_config(model__num_experts=4)
+  assert aot.batch_shards(moe, {"data": 2, "fsdp": 4, "tensor": 2, "expert": 2}) == 16
+  with pytest.raises(PlanError, match=r"global_batch_size=16 .* not divisible by mesh data×fsdp×expert=32"):
+    aot.check_divisible(moe, {"data": 1, "fsdp": 8, "tensor": 1, "expert": 4})
 
 
 def test_oom_message_is_parsed():
@@ -152,6 +157,10 @@ def test_pallas_kernels_are_costed_by_the_planner():
   # The cost model scores a Pallas kernel (tpu_custom_call) by its memory traffic, not as −1 s,
   # and counts no FLOPs inside it: splash's matmuls come from its operand shapes.
   assert hlo.uncosted_custom_calls(_SPLASH_HLO) == 1  # ConcatBitcast only.
+  # The pair around a scatter offloaded to the SparseCore scores −1 s each too.
+  offload = ('  %p = s32[] custom-call(), custom_call_target="PrepareAsyncCallStart"\n'
+             '  %d = token[] custom-call(%p), custom_call_target="PrepareAsyncCallDone"\n')
+  assert hlo.uncosted_custom_calls(_SPLASH_HLO.replace("  ROOT %o", offload + "  ROOT %o")) == 3
   found = hlo.splash_kernels(_SPLASH_HLO)
   assert found["calls"] == {"fwd": 1, "dq": 0, "dkv": 1} and found["unparsed"] == 0
   # Rows 2, heads 8, head_dim 128, 1024 tokens in 2 blocks of 512: 3 of the 4 block pairs are causal.
@@ -166,6 +175,14 @@ def test_collectives_multiply_loop_bodies_by_their_trip_count():
   assert found["unknown_trip_counts"] == []
   assert hlo.uncosted_custom_calls(_LOOP_HLO) == 1  # Counted once, as cost_analysis counts loop bodies.
 
+
+
+def test_collectives_over_one_device_groups_move_nothing():
+  # A psum over mesh axes of size 1 compiles to an all-reduce whose groups each hold one device.
+  ops = {"{{0},{1},{2},{3}}": 0, "[4,1]<=[4]": 0, "{{0,1},{2,3}}": 1, "[2,2]<=[4]": 1}
+  for groups, moves in ops.items():
+    text = _LOOP_HLO.replace("replica_groups={{0,1,2,3,4,5,6,7}}", f"replica_groups={groups}")
+    assert hlo.collectives(text)["all-reduce"] == {"count": moves, "bytes": moves * 8 * 128 * 4}, groups
 
 # ---------------------------------------------------------------------------
 # Compiling for a real topology (libtpu)

@@ -164,6 +164,6 @@ def test_sequence_parallel_residual_stream_gives_the_same_loss(make_config):
     losses[name] = jax.device_get((metrics["loss"], metrics["grad_norm"]))
   np.testing.assert_allclose(losses["sequence"], losses["plain"], rtol=1e-5)
   # The rule reached the program: the residual stream [B, L, E] is constrained to L over tensor.
-  residual = '<@mesh, [{"data", "fsdp"}, {"tensor"}, {}]> : tensor<8x64x32xf32>'
+  residual = '<@mesh, [{"data", "fsdp", "expert"}, {"tensor"}, {}]> : tensor<8x64x32xf32>'
   assert texts["plain"].count(residual) == 0
   assert texts["sequence"].count(residual) >= 4, "the residual stream is not constrained to length over tensor"

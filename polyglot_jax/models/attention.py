@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from polyglot_jax import mesh as mesh_lib
 from polyglot_jax.errors import ConfigError
 from polyglot_jax.mesh import constrain
 from polyglot_jax.models.config import ATTENTION_IMPLS, ModelConfig
@@ -395,7 +396,7 @@ def splash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, interpret
   batch_axes, head_axes, repeat = _splash_sharding(b, h, kvh)
   if repeat > 1:
     k, v = jnp.repeat(k, repeat, axis=1), jnp.repeat(v, repeat, axis=1)
-  if _multi_device_mesh():
+  if mesh_lib.multi_device_mesh():
     # Under a mesh the kernel always runs inside shard_map (the partitioner cannot split a Pallas call);
     # with no axis that divides, the specs are replicated and every device runs the whole kernel.
     P = jax.sharding.PartitionSpec
@@ -405,18 +406,13 @@ def splash_attention(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segment_ids_BxL, interpret
   return out[:, :, :length].transpose(0, 2, 1, 3).astype(dt)
 
 
-def _multi_device_mesh() -> bool:
-  mesh = jax.sharding.get_abstract_mesh()
-  return not (mesh is None or mesh.empty or math.prod(mesh.shape.values()) == 1)
-
-
 def _splash_sharding(b: int, h: int, kvh: int):
   """(batch mesh axes, head mesh axes, key/value head repeat) for splash under the active mesh.
 
   No mesh, a one-device mesh, or a mesh none of whose batch/head axes divides: (None, None, 1)
   (the kernel then runs whole on every device).
   """
-  if not _multi_device_mesh():
+  if not mesh_lib.multi_device_mesh():
     return None, None, 1
   mesh = jax.sharding.get_abstract_mesh()
   from flax.core import spmd  # The logical rules live in flax's context (mesh.activate).

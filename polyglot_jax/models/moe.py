@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from polyglot_jax import mesh as mesh_lib
 from polyglot_jax.mesh import constrain
 from polyglot_jax.models.attention import attention_platform
 from polyglot_jax.models.config import ModelConfig
@@ -168,32 +169,11 @@ class MoE(nnx.Module):
     return self.gate_proj[...].astype(dt), self.up_proj[...].astype(dt), self.down_proj[...].astype(dt)
 
   def _dropless(self, x_TxE, indices_TxK, weights_TxK):
-    """Sort the T·k assignments by expert, grouped matmuls over the expert groups, unsort and combine.
-
-    The grouped matmul is ``jax.lax.ragged_dot`` on TPU and GPU. The CPU backend
-    lowers ragged_dot to one dense matmul per expert over all rows (N times the
-    work), so there a loop runs each group's rows in pieces instead
-    (``blocked_grouped_matmuls``): the same rows and result, < one small piece of waste per group.
-    Rows move by gathers only, both ways and in the backward pass (``_take_rows``); the combine
-    is a weighted sum over each token's k rows.
-    """
-    t, k = indices_TxK.shape
-    a = t * k
-    gate_NxExF, up_NxExF, down_NxFxE = self._weights()
-    expert_A = indices_TxK.reshape(a)  # A = T·k assignments, token-major.
-    order_A = jnp.argsort(expert_A, stable=True).astype(jnp.int32)  # Sorted row r is assignment order_A[r].
-    rank_A = _inverse_permutation(order_A)  # Assignment i is sorted row rank_A[i].
-    group_sizes_N = jnp.bincount(expert_A, length=self.num_experts).astype(jnp.int32)
-    x_AxE = _take_rows(x_TxE, order_A // k, rank_A)
-    if attention_platform() == "cpu":
-      y_AxE = blocked_grouped_matmuls(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE)
-    else:
-      gate_AxF = jax.lax.ragged_dot(x_AxE, gate_NxExF, group_sizes_N)
-      up_AxF = jax.lax.ragged_dot(x_AxE, up_NxExF, group_sizes_N)
-      h_AxF = jax.nn.silu(gate_AxF) * up_AxF
-      y_AxE = jax.lax.ragged_dot(h_AxF, down_NxFxE, group_sizes_N)
-    y_TxKxE = _take_rows(y_AxE, rank_A, order_A).reshape(t, k, -1)  # Back to token-major order.
-    return jnp.sum(y_TxKxE * weights_TxK.astype(y_TxKxE.dtype)[:, :, None], axis=1)
+    """Dropless dispatch: per device under a multi-device mesh (``expert_parallel_swiglu``), else local."""
+    weights = self._weights()
+    if mesh_lib.multi_device_mesh():
+      return expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, *weights)
+    return local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, *weights)
 
   def _capacity(self, x_TxE, indices_TxK, weights_TxK, mask_T):
     """Fixed per-expert buffers filled by a scatter of the kept assignments; returns (out [T, E], dropped fraction)."""
@@ -226,6 +206,138 @@ class MoE(nnx.Module):
     assigned = jnp.maximum(jnp.sum(valid_T).astype(jnp.float32) * k, 1.0)
     dropped = 1.0 - jnp.sum(kept_KxT).astype(jnp.float32) / assigned
     return out_TxE, dropped
+
+
+
+def local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE, first_expert=None):
+  """Dropless top-k SwiGLU over the experts held here: sort the assignments by expert, grouped matmuls, combine.
+
+  The T·k (token, slot) assignments are sorted by expert and each expert's
+  contiguous rows go through one grouped matmul: ``jax.lax.ragged_dot`` on TPU
+  and GPU. The CPU backend lowers ragged_dot to one dense matmul per expert over
+  all rows (N times the work), so there a loop runs each group's rows in pieces
+  instead (``blocked_grouped_matmuls``): the same rows and result, < one small
+  piece of waste per group. Rows move by gathers only, both ways and in the
+  backward pass (``_take_rows``); the combine is a weighted sum over each
+  token's k rows.
+
+  Args:
+    x_TxE: [T, E] tokens.
+    indices_TxK, weights_TxK: the routing (``route``): expert ids in [0, N_all) and combine weights.
+    gate_NxExF, up_NxExF, down_NxFxE: the weights of N consecutive experts.
+    first_expert: id of the first of them (an int32 scalar; under expert parallelism, this
+      device's shard). None: they are all the experts, ids 0..N-1.
+
+  Returns:
+    [T, E]: Σ over each token's slots routed to these experts of weight · expert(x); slots
+    routed elsewhere add 0 (their rows sort after the last group and are not computed).
+  """
+  t, k = indices_TxK.shape
+  a, n = t * k, gate_NxExF.shape[0]
+  expert_A = indices_TxK.reshape(a)  # A = T·k assignments, token-major.
+  if first_expert is not None:
+    expert_A = expert_A - first_expert
+    mine_A = (expert_A >= 0) & (expert_A < n)
+    expert_A = jnp.where(mine_A, expert_A, n)  # Other devices' assignments sort last, in no group.
+  order_A = jnp.argsort(expert_A, stable=True).astype(jnp.int32)  # Sorted row r is assignment order_A[r].
+  rank_A = _inverse_permutation(order_A)  # Assignment i is sorted row rank_A[i].
+  # Rows per expert by a compare-and-sum, not bincount: its scatter-add is an op the TPU cost model
+  # cannot score (it would leave the planner without a step-time estimate), and N is small.
+  group_sizes_N = jnp.sum(expert_A[:, None] == jnp.arange(n, dtype=expert_A.dtype)[None], axis=0, dtype=jnp.int32)
+  x_AxE = _take_rows(x_TxE, order_A // k, rank_A)
+  if attention_platform() == "cpu":
+    y_AxE = blocked_grouped_matmuls(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE)
+  else:
+    gate_AxF = jax.lax.ragged_dot(x_AxE, gate_NxExF, group_sizes_N)
+    up_AxF = jax.lax.ragged_dot(x_AxE, up_NxExF, group_sizes_N)
+    h_AxF = jax.nn.silu(gate_AxF) * up_AxF
+    y_AxE = jax.lax.ragged_dot(h_AxF, down_NxFxE, group_sizes_N)
+  y_AxE = _take_rows(y_AxE, rank_A, order_A)  # Back to token-major order.
+  weights_AxE = weights_TxK.reshape(a, 1).astype(y_AxE.dtype)
+  if first_expert is not None:
+    # Rows in no group hold whatever the grouped matmul left there: select, never multiply, them away.
+    y_AxE = jnp.where(mine_A[:, None], y_AxE, 0)
+  return jnp.sum((y_AxE * weights_AxE).reshape(t, k, -1), axis=1)
+
+
+def _rule_axes(rules: dict, name: str, mesh_shape) -> tuple[str, ...]:
+  """The mesh axes (of size > 1) the logical axis ``name`` maps to."""
+  target = rules.get(name)
+  found = (target,) if isinstance(target, str) else tuple(target or ())
+  return tuple(a for a in found if mesh_shape.get(a, 1) > 1)
+
+
+def expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE):
+  """Dropless dispatch under the active mesh, per device (``shard_map``): no global sort, no all-reduce of weights.
+
+  Each device holds the tokens of its batch shard and the experts of its expert
+  shard (their embed dim gathered over the FSDP axes, their mlp dim split over
+  the tensor axes). Tokens meet their experts in two collectives per layer:
+
+  * mesh axes that split both the experts (or the mlp dim) and the tokens, which
+    is ``expert`` under the default rules (the batch is split over data, fsdp and
+    expert): the tokens are all-gathered over them, each device runs its own
+    experts' rows (``local_experts_swiglu``: local sort, grouped matmuls), and the
+    partial outputs are reduce-scattered back to the token shards;
+  * axes that split the experts or the mlp dim but not the tokens (``tensor``):
+    the partial outputs are summed (all-reduce), as in a tensor-parallel MLP.
+
+  Every token's k slots are computed exactly once over the mesh, so nothing is
+  dropped and no buffer has a capacity. The traffic per layer is the gathered
+  [T·P_e, E] tokens and their reduce-scatter (a fixed-shape stand-in for the
+  all-to-all of the k·T routed rows; equal to it at P_e = k).
+
+  Args:
+    x_TxE, indices_TxK, weights_TxK: tokens and routing, split over the batch axes.
+    gate_NxExF, up_NxExF, down_NxFxE: all N experts' weights (global shapes).
+
+  Returns:
+    [T, E], laid out like ``x_TxE``.
+  """
+  from flax.core import spmd  # The logical rules live in flax's context (mesh.activate).
+  mesh = jax.sharding.get_abstract_mesh()
+  shape = dict(mesh.shape)
+  rules = dict(mesh_lib.rules_tuple(spmd.get_logical_axis_rules() or ()))
+  token_axes = _rule_axes(rules, "batch", shape)
+  if x_TxE.shape[0] % math.prod(shape[a] for a in token_axes):
+    token_axes = ()  # Too few tokens to split (a small decode batch): every device takes them all.
+  expert_axes = tuple(a for a in _rule_axes(rules, "expert", shape))
+  embed_axes = tuple(a for a in _rule_axes(rules, "embed", shape) if a not in expert_axes)
+  mlp_axes = tuple(a for a in _rule_axes(rules, "mlp", shape) if a not in expert_axes + embed_axes)
+  n, f = gate_NxExF.shape[0], gate_NxExF.shape[-1]
+  if n % math.prod(shape[a] for a in expert_axes):
+    expert_axes = ()
+  if gate_NxExF.shape[1] % math.prod(shape[a] for a in embed_axes):
+    embed_axes = ()
+  if f % math.prod(shape[a] for a in mlp_axes):
+    mlp_axes = ()
+  split = expert_axes + mlp_axes
+  gather = tuple(a for a in split if a in token_axes)  # Tokens differ along these: gather, then scatter.
+  reduce = tuple(a for a in split if a not in token_axes)  # Tokens are the same along these: sum.
+  P = jax.sharding.PartitionSpec
+  spec = lambda axes: (axes if len(axes) > 1 else axes[0]) if axes else None  # noqa: E731
+  rows = P(spec(token_axes), None)
+  w_in, w_out = P(spec(expert_axes), spec(embed_axes), spec(mlp_axes)), P(spec(expert_axes), spec(mlp_axes),
+                                                                         spec(embed_axes))
+
+  def run(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE):
+    if embed_axes:  # FSDP: the whole embed dim of this device's experts, for this layer only.
+      gate_NxExF, up_NxExF = (jax.lax.all_gather(w, embed_axes, axis=1, tiled=True) for w in (gate_NxExF, up_NxExF))
+      down_NxFxE = jax.lax.all_gather(down_NxFxE, embed_axes, axis=2, tiled=True)
+    if gather:
+      x_TxE, indices_TxK, weights_TxK = (jax.lax.all_gather(v, gather, axis=0, tiled=True)
+                                         for v in (x_TxE, indices_TxK, weights_TxK))
+    first = jax.lax.axis_index(expert_axes) * gate_NxExF.shape[0] if expert_axes else None
+    y_TxE = local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE, first)
+    if reduce:
+      y_TxE = jax.lax.psum(y_TxE, reduce)
+    if gather:
+      y_TxE = jax.lax.psum_scatter(y_TxE, gather, scatter_dimension=0, tiled=True)
+    return y_TxE
+
+  return jax.shard_map(run, in_specs=(rows, rows, rows, w_in, w_in, w_out), out_specs=rows,
+                       check_vma=False)(
+      x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE)
 
 
 def _inverse_permutation(perm_A):

@@ -179,13 +179,28 @@ def check_divisible(config: ConfigDict, sizes: Mapping[str, int]) -> None:
       raise PlanError(f"config.model.{key}={value} is not divisible by mesh {'×'.join(axes)}={shards} "
                       f"(logical axis '{logical}'); change one of them")
   batch_axes = axes_of("batch")
-  shards = math.prod(sizes[a] for a in batch_axes)
+  shards = batch_shards(config, sizes)
   accum = config.optimizer.grad_accum_steps
   micro = config.data.global_batch_size // accum
   if micro % shards:
     raise PlanError(f"config.data.global_batch_size={config.data.global_batch_size} gives {micro} rows per "
                     f"micro-batch (grad_accum_steps={accum}), which is not divisible by mesh "
                     f"{'×'.join(batch_axes)}={shards}; change the batch or the mesh")
+
+
+def batch_shards(config: ConfigDict, sizes: Mapping[str, int]) -> int:
+  """How many shards the batch rows are split into: the product of the sizes of the 'batch' rule's mesh axes.
+
+  Args:
+    config: the run's config (its logical_axis_rules).
+    sizes: mesh axis sizes.
+
+  Returns:
+    The number of row shards (data × fsdp × expert under the default rules).
+  """
+  target = dict(mesh_lib.rules_tuple(config.logical_axis_rules)).get("batch")
+  axes = (target,) if isinstance(target, str) else tuple(target or ())
+  return math.prod(sizes.get(a, 1) for a in axes)
 
 
 def with_overrides(config: ConfigDict, values: Mapping[str, Any]) -> ConfigDict:

@@ -113,6 +113,16 @@ def _called(args: str) -> list[tuple[str, str]]:
   return out
 
 
+def _moves_nothing(args: str) -> bool:
+  """Whether a collective's replica groups all have one device (e.g. a psum over size-1 mesh axes): no traffic."""
+  explicit = re.search(r"replica_groups=\{((?:\{[^}]*\},?)*)\}", args)
+  if explicit:
+    groups = re.findall(r"\{([^}]*)\}", explicit.group(1))
+    return bool(groups) and all("," not in g for g in groups)
+  iota = re.search(r"replica_groups=\[(\d+),(\d+)\]", args)
+  return bool(iota) and int(iota.group(2)) == 1
+
+
 def trip_count(args: str, comps: dict[str, _Computation]) -> int | None:
   """Iterations of the while loop whose operand text is ``args``; None if unknown."""
   known = re.search(r'"known_trip_count":\{"n":"(\d+)"', args)
@@ -164,7 +174,7 @@ def collectives(text: str) -> dict:
     scatter_wrapper = comp.name.startswith("all-reduce-scatter")
     for _, shape, op, args in comp.lines:
       m = _COLLECTIVE.match(op)
-      if m:
+      if m and not _moves_nothing(args):
         kind = "reduce-scatter" if (scatter_wrapper and m.group(1) == "all-reduce") else m.group(1)
         if m.group(1) == "reduce-scatter":
           operands = re.findall(r"%([\w.\-]+)", args.split(")")[0])
@@ -204,7 +214,7 @@ def collectives(text: str) -> dict:
 PALLAS_TARGET = "tpu_custom_call"
 # Custom-call targets the TPU cost model scores as −1 s (libtpu 0.0.42.1). Others seen outside
 # fusions score ≥ 0 and are left alone: Pallas kernels, AllocateBuffer (scan output buffers).
-UNCOSTED_TARGETS = ("ConcatBitcast",)
+UNCOSTED_TARGETS = ("ConcatBitcast", "PrepareAsyncCallStart", "PrepareAsyncCallDone")
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
 
 
@@ -229,7 +239,9 @@ def uncosted_custom_calls(text: str) -> int:
   """Custom-calls outside fusions that the cost model scores as −1 s (each loop body once).
 
   The TPU cost model has no estimate for some such operations
-  (``UNCOSTED_TARGETS``: ConcatBitcast) and adds −1 s to ``optimal_seconds``
+  (``UNCOSTED_TARGETS``: ConcatBitcast, and the PrepareAsyncCallStart/Done pair
+  around a scatter offloaded to the SparseCore, e.g. the inverse permutation of
+  dropless MoE dispatch) and adds −1 s to ``optimal_seconds``
   for each; the planner adds this count back. Other targets are not counted:
   Pallas kernels (``tpu_custom_call``, e.g. splash attention, ragged_dot) get
   a positive memory-traffic cost and AllocateBuffer a positive one too, and

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 from ml_collections import ConfigDict
 
+from polyglot_jax import mesh as mesh_lib
 from polyglot_jax.plan import hlo
 from polyglot_jax.plan.aot import StepPlan, mesh_text
 from polyglot_jax.plan.topologies import GIB, TpuSlice
@@ -212,7 +215,7 @@ def format_search(result, tpu: TpuSlice) -> str:
 
 
 def _search_row(rank: str, p: StepPlan) -> str:
-  dp = p.mesh["data"] * p.mesh["fsdp"]
+  dp = math.prod(p.mesh.get(a, 1) for a in mesh_lib.BATCH_AXES)
   rows_per_chip = p.global_batch_size // p.grad_accum_steps // dp
   hbm = f"{p.hbm_needed_bytes / GIB:.1f}/{p.hbm_available_bytes / GIB:.1f}"
   step = f"{p.step_seconds:.3g}" if p.step_seconds else "-"

@@ -7,7 +7,7 @@ micro-batches, same update). Candidates:
 - every factorisation of the chip count over (data, fsdp, tensor, expert)
   that the config allows: each sharded model dimension divisible by its
   axes (for an MoE model, config.model.num_experts by the expert axis), the
-  micro-batch divisible by data×fsdp, expert > 1 only for a model with
+  micro-batch divisible by the batch axes (data×fsdp×expert), expert > 1 only for a model with
   experts;
 - mesh shapes whose parameters and optimizer state alone overflow a chip
   are dropped without compiling (exact per-chip bytes from the abstract
@@ -98,7 +98,7 @@ def mesh_candidates(config: ConfigDict, chips: int) -> tuple[list[dict[str, int]
 def accum_options(config: ConfigDict, sizes: dict[str, int]) -> list[int]:
   """grad_accum_steps values ≥ the config's that keep whole micro-batches on every data shard."""
   batch = config.data.global_batch_size
-  shards = sizes["data"] * sizes["fsdp"]
+  shards = aot.batch_shards(config, sizes)
   start = config.optimizer.grad_accum_steps
   return [a for a in range(start, batch + 1) if batch % a == 0 and (batch // a) % shards == 0
           and (a == start or a % start == 0)]
