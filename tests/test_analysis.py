@@ -21,11 +21,11 @@ from polyglot_jax.models.decoder import Decoder
 import reference
 
 
-@functools.cache
-def _base_model(scan, vocab_size):
-  """A random tiny model, built without compiling anything (abstract init, then NumPy values)."""
-  cfg = ModelConfig(vocab_size=vocab_size, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=0,
-                    mlp_dim=64, init_std=0.2, attention_block=0, scan_layers=scan)
+def random_decoder(cfg, scale):
+  """A random decoder for ``cfg``, built without compiling anything (abstract init, then NumPy values).
+
+  Weights are N(0, scale²) from a fixed seed; norm scales are 1.
+  """
   with mesh_lib.activate(mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1]), config_lib.DEFAULT_RULES):
     abstract = nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(params=1)))
   graphdef, state = nnx.split(abstract)
@@ -34,11 +34,17 @@ def _base_model(scan, vocab_size):
   def fill(path, x):
     if str(path[-1].key) == "scale":
       return jnp.ones(x.shape, x.dtype)
-    return jnp.asarray(0.2 * rng.standard_normal(x.shape), x.dtype)
+    return jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype)
 
-  pure = jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(state))
-  nnx.replace_by_pure_dict(state, pure)
-  return cfg, nnx.merge(graphdef, state)
+  nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(state)))
+  return nnx.merge(graphdef, state)
+
+
+@functools.cache
+def _base_model(scan, vocab_size):
+  cfg = ModelConfig(vocab_size=vocab_size, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=0,
+                    mlp_dim=64, init_std=0.2, attention_block=0, scan_layers=scan)
+  return cfg, random_decoder(cfg, 0.2)
 
 
 def make_model(scan=True, vocab_size=128):

@@ -12,15 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from polyglot_jax import configs as config_lib
 from polyglot_jax import decode
-from polyglot_jax import mesh as mesh_lib
 from polyglot_jax.analysis import lape
 from polyglot_jax.models.config import ModelConfig
-from polyglot_jax.models.decoder import Decoder
 
 import reference
-from test_analysis import forward
+from test_analysis import forward, params_np, random_decoder
 
 N, K, F = 4, 2, 8  # Experts, experts per token, neurons per expert (mlp_dim).
 VARIANTS = {
@@ -34,30 +31,14 @@ WIDTHS = {"scan_moe": [N * F, N * F], "mixed_shared": [F, N * F + F]}
 
 @functools.cache
 def _base_model(variant):
-  """A random tiny MoE model, built without compiling anything (abstract init, then NumPy values)."""
   cfg = ModelConfig(vocab_size=64, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=0, mlp_dim=F,
                     init_std=0.2, attention_block=0, num_experts=N, moe_top_k=K, **VARIANTS[variant])
-  with mesh_lib.activate(mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1]), config_lib.DEFAULT_RULES):
-    abstract = nnx.eval_shape(lambda: Decoder(cfg, nnx.Rngs(params=1)))
-  graphdef, state = nnx.split(abstract)
-  rng = np.random.default_rng(0)
-
-  def fill(path, x):
-    if str(path[-1].key) == "scale":
-      return jnp.ones(x.shape, x.dtype)
-    return jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype)
-
-  nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(state)))
-  return cfg, nnx.merge(graphdef, state)
+  return cfg, random_decoder(cfg, 0.3)
 
 
 def make_model(variant):
   cfg, model = _base_model(variant)
   return cfg, nnx.clone(model)
-
-
-def params_np(model):
-  return jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def _silu(x):

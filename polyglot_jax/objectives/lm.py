@@ -108,12 +108,12 @@ def lm_sums(logits_BxLxV, batch, num_languages: int, z_loss: float):
         out.hidden_BxLxE.reshape(b * length, e).astype(out.head_ExV.dtype), out.head_ExV,
         batch["targets"].reshape(-1), weights_BxL.reshape(-1), z_loss=z_loss, chunk_size=out.chunk_size)
     ce_BxL, log_z_BxL = ce_T.reshape(b, length), log_z_T.reshape(b, length)
-    ce_sum = jnp.sum(ce_BxL * weights_BxL)
-    z_sum = jnp.sum(jnp.square(log_z_BxL) * weights_BxL)
   else:
     ce_BxL, log_z_BxL = token_cross_entropy(logits_BxLxV, batch["targets"])
-    ce_sum = jnp.sum(ce_BxL * weights_BxL)
-    z_sum = jnp.sum(jnp.square(log_z_BxL) * weights_BxL)
+    loss_sum = None
+  ce_sum = jnp.sum(ce_BxL * weights_BxL)
+  z_sum = jnp.sum(jnp.square(log_z_BxL) * weights_BxL)
+  if loss_sum is None:  # The plain path differentiates the sums themselves.
     loss_sum = ce_sum + z_loss * z_sum
   lang_loss, lang_weight = per_language_sums(ce_BxL, weights_BxL, batch["lang_ids"], num_languages)
   outputs = {"ce_sum": ce_sum, "z_sum": z_sum, "lang_loss_sum": lang_loss, "lang_weight": lang_weight}
