@@ -81,6 +81,31 @@ def test_lagged_log_rows_equal_immediate_fetches(lag):
   assert held == [sum(sizes[max(i + 1 - lag, 0):i + 1]) for i in range(4)]
 
 
+def test_lagged_log_times_each_row_by_its_own_period():
+  # Rows are written late (the lag) or early (the flush before a checkpoint), but each row's
+  # emitting_closed_at is the time its own period closed, so a rate over consecutive rows covers
+  # exactly that period's steps. (Timing rows by when they are written gave a checkpoint step's row
+  # ~0 s and the next row two periods' time.)
+  now = {"t": 0.0}
+  rows = []
+  log = metrics_lib.LaggedLog(_Sum, lambda w, s, m: w.absorb(s, m),
+                              lambda step, w: rows.append((step, log.emitting_closed_at, now["t"])),
+                              lag=1, clock=lambda: now["t"])
+  for step in range(1, 9):
+    now["t"] += 2.0  # Every step takes 2 s.
+    log.add(step, {"x": np.float32(step)})
+    if step % 2 == 0:
+      log.close(step)
+      if step == 4:
+        now["t"] += 30.0  # A checkpoint after step 4: flush writes row 4 right away, then saves.
+        log.flush()
+  log.flush()
+  closed = [(step, at) for step, at, _ in rows]
+  assert closed == [(2, 4.0), (4, 8.0), (6, 42.0), (8, 46.0)]
+  assert [written for *_, written in rows] == [8.0, 38.0, 46.0, 46.0]  # When the rows were written.
+  assert log.emitting_closed_at is None
+
+
 def test_lagged_log_flush_fetches_the_open_period_without_writing_it():
   rows = []
   log = metrics_lib.LaggedLog(_Sum, lambda w, s, m: w.absorb(s, m),

@@ -109,6 +109,7 @@ class _Period:
     self.window = window
     self.pending: list[tuple[int, Any]] = []
     self.log_step: int | None = None
+    self.closed_at: float | None = None
 
 
 class LaggedLog:
@@ -128,13 +129,18 @@ class LaggedLog:
   Args:
     new_window: makes an empty accumulator for a period.
     absorb: ``absorb(window, step, host_metrics)`` adds one step's fetched metrics.
-    emit: ``emit(log_step, window)`` writes a period's row.
+    emit: ``emit(log_step, window)`` writes a period's row. While it runs,
+      ``emitting_closed_at`` is the ``clock()`` time at which that period was
+      closed: rates timed from it cover the period's own steps, however late
+      (a flush before a checkpoint, the lag) its row is written.
     lag: periods held back (0: fetch at the period's own log step).
+    clock: the time source of ``emitting_closed_at`` (seconds).
   """
 
   def __init__(self, new_window: Callable[[], Any], absorb: Callable[[Any, int, Any], None],
-               emit: Callable[[int, Any], None], lag: int = 1):
-    self.new_window, self.absorb, self.emit, self.lag = new_window, absorb, emit, lag
+               emit: Callable[[int, Any], None], lag: int = 1, clock: Callable[[], float] = time.perf_counter):
+    self.new_window, self.absorb, self.emit, self.lag, self.clock = new_window, absorb, emit, lag, clock
+    self.emitting_closed_at: float | None = None
     self._open = _Period(new_window())
     self._closed: collections.deque[_Period] = collections.deque()
 
@@ -159,6 +165,7 @@ class LaggedLog:
       log_step: the step the period's row is written at.
     """
     self._open.log_step = log_step
+    self._open.closed_at = self.clock()
     self._closed.append(self._open)
     self._open = _Period(self.new_window())
     while len(self._closed) > self.lag:
@@ -180,7 +187,11 @@ class LaggedLog:
 
   def _emit(self, period: _Period) -> None:
     self._fetch(period)
-    self.emit(period.log_step, period.window)
+    self.emitting_closed_at = period.closed_at
+    try:
+      self.emit(period.log_step, period.window)
+    finally:
+      self.emitting_closed_at = None
 
 
 class MatmulCeiling:

@@ -194,11 +194,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
   profiler = StepProfiler(workdir, config.train.profile_start_step, config.train.profile_steps)
   max_skips = config.optimizer.max_consecutive_skips
-  timer = {"t": time.perf_counter(), "step": step}  # When and at which step the last row was written.
+  timer = {"t": time.perf_counter(), "step": step}  # When and at which step the last written row's period closed.
 
   def write_row(log_step: int, window: _Window) -> None:
-    """One log period's row; the rates cover the time since the previous row was fetched."""
-    now = time.perf_counter()
+    """One log period's row; the rates cover the time from the previous period's close to this one's.
+
+    Periods are timed when the loop closes them, not when their rows are written: a row written
+    early (the flush before a checkpoint) or late (the lag) still gets its own period's rate.
+    """
+    now = metric_log.emitting_closed_at or time.perf_counter()
     elapsed = max(now - timer["t"], 1e-9)
     steps_per_sec = (log_step - timer["step"]) / elapsed
     row = window.summary()
