@@ -100,13 +100,19 @@ PARAM_ATOL = 2e-6
 MIN_MOVE = 1e-3
 
 
-def test_sharded_and_single_device_steps_agree(make_config):
-  config = make_config()
+@pytest.mark.parametrize("model, sharded_mesh", [
+    ({}, {"data": 2, "fsdp": 2, "tensor": 2}),
+    # MoE (4 experts, top-2, dropless) with expert parallelism: the per-device dispatch
+    # (models/moe.py expert_parallel_swiglu) with the batch split over fsdp × expert.
+    ({"model__num_experts": 4, "model__moe_top_k": 2}, {"expert": 2, "fsdp": 2, "tensor": 2}),
+], ids=["dense-2x2x2", "moe-expert2-fsdp2-tensor2"])
+def test_sharded_and_single_device_steps_agree(make_config, model, sharded_mesh):
+  config = make_config(**model)
   assert config.optimizer.warmup_steps >= 1
   batches = [random_batch(config, seed) for seed in range(STEPS)]
   results = {}
   for name, devices, mesh in (("single", jax.devices()[:1], {"fsdp": 1}),
-                              ("2x2x2", jax.devices(), {"data": 2, "fsdp": 2, "tensor": 2})):
+                              ("2x2x2", jax.devices(), sharded_mesh)):
     setup = build(config, 3, mesh=mesh_lib.make_mesh(mesh, devices))
     state = setup.init_fn()
     initial = jax.device_get(state.params)  # The step donates (frees) its input state.
