@@ -327,6 +327,22 @@ def test_moe_prefill_equals_forward_and_greedy_generation_equals_recompute(moe_m
     assert new == greedy_reference(prompt, 5)
 
 
+def test_moe_generation_on_an_expert_mesh_equals_one_device(moe_model):
+  # Decoding with the per-device dispatch: rows padded to the 8 batch shards (fsdp 4 × expert 2).
+  prompts = [[5, 17, 30, 42], [9], list(range(10, 40))]
+  mesh = mesh_lib.make_mesh({"expert": 2, "fsdp": 4})
+  graphdef, state = nnx.split(moe_model)
+  with mesh_lib.activate(mesh, config_lib.DEFAULT_RULES):
+    specs = nnx.get_partition_spec(state)
+  placed = jax.tree.map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, s)), state, specs,
+                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  expert_specs = [x.sharding.spec[-3] for path, x in jax.tree_util.tree_flatten_with_path(placed)[0]
+                  if "'moe'" in jax.tree_util.keystr(path) and "'shared'" not in jax.tree_util.keystr(path)
+                  and "gate_proj" in jax.tree_util.keystr(path)]
+  assert expert_specs and set(expert_specs) == {"expert"}
+  assert decode.generate(nnx.merge(graphdef, placed), prompts, 5) == decode.generate(moe_model, prompts, 5)
+
+
 def test_dense_default_has_no_moe_parameters():
   with one_device():
     model = nnx.eval_shape(lambda: Decoder(make_cfg(num_experts=0), nnx.Rngs(params=0)))
