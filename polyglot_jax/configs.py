@@ -92,6 +92,9 @@ def default_config() -> ConfigDict:
   c.model.moe_top_k = 2  # Experts each token is sent to; their router weights are renormalised to sum to 1.
   c.model.moe_layers = "all"  # Which layers are MoE: all | every:K (layers i with i % K == K-1) | a list "0,2,5".
   c.model.moe_dispatch = "dropless"  # dropless (sorted tokens, grouped matmul) | capacity (fixed buffers, overflow dropped).
+  # dropless dispatch's grouped matmul: auto (megablox Pallas kernels on TPU, ragged_dot on GPU, a blocked loop
+  # on CPU) | megablox (TPU only, or Pallas interpret mode) | ragged_dot | blocked.
+  c.model.moe_grouped_matmul = "auto"
   c.model.moe_capacity_factor = 1.25  # capacity dispatch: each expert holds ceil(factor * tokens * top_k / num_experts).
   c.model.moe_shared_experts = 0  # Dense SwiGLU of width mlp_dim * this added for every token (0: none).
 

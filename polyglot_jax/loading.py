@@ -32,7 +32,7 @@ ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_
                        "rope_theta", "norm_eps", "tie_embeddings", "qkv_bias")
 # config.model MoE fields a checkpoint fixes: the experts and their layers shape the parameters, top-k
 # the function. A Mixtral directory states them; a dense Hugging Face one has none, so a run from it keeps its own.
-# moe_dispatch and moe_capacity_factor stay the run's choice, like dtype.
+# moe_dispatch, moe_grouped_matmul and moe_capacity_factor stay the run's choice, like dtype.
 MOE_FIELDS = ("num_experts", "moe_top_k", "moe_layers", "moe_shared_experts")
 
 

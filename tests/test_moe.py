@@ -360,6 +360,7 @@ def test_dense_default_has_no_moe_parameters():
 @pytest.mark.parametrize("kw, key", [
     (dict(moe_top_k=5), "config.model.moe_top_k"),
     (dict(moe_dispatch="sinkhorn"), "config.model.moe_dispatch"),
+    (dict(moe_grouped_matmul="gmm"), "config.model.moe_grouped_matmul"),
     (dict(moe_layers="every:x", scan_layers=False), "config.model.moe_layers"),
     (dict(moe_layers="0,7", scan_layers=False), "config.model.moe_layers"),
     (dict(moe_layers="every:2"), "config.model.scan_layers"),
@@ -420,3 +421,47 @@ def test_blocked_grouped_matmuls_equal_ragged_dot(block):
            for fn in (blocked, ragged)]
   for got, want in zip(*grads):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_megablox_swiglu_equals_ragged_dot_in_interpret_mode():
+  # The TPU dropless path (Pallas grouped matmuls), run in interpret mode: uneven groups, an empty one,
+  # and 30 rows past the groups (another device's assignments under expert parallelism), which must give 0
+  # and get no gradient; values and gradients against ragged_dot with those rows in no group.
+  from polyglot_jax.models.moe import megablox_swiglu
+  rng = np.random.default_rng(4)
+  sizes = np.array([13, 0, 140, 9], np.int32)
+  a, e, f = int(sizes.sum()) + 30, 16, 24
+  x = jnp.asarray(rng.normal(size=(a, e)).astype(np.float32))
+  ws = [jnp.asarray(rng.normal(size=shape).astype(np.float32) * 0.3) for shape in ((4, e, f), (4, e, f), (4, f, e))]
+  g = jnp.asarray(sizes)
+  in_groups = (jnp.arange(a) < int(sizes.sum()))[:, None]
+
+  def ragged(x, gate, up, down):
+    h = jax.nn.silu(jax.lax.ragged_dot(x, gate, g)) * jax.lax.ragged_dot(x, up, g)
+    return jnp.where(in_groups, jax.lax.ragged_dot(h, down, g), 0)
+
+  def kernel(x, gate, up, down):
+    return megablox_swiglu(x, g, gate, up, down, interpret=True)
+
+  out = kernel(x, *ws)
+  np.testing.assert_allclose(out, ragged(x, *ws), rtol=1e-5, atol=1e-5)
+  assert not np.any(np.asarray(out)[int(sizes.sum()):])
+  probe = jnp.asarray(rng.normal(size=(a, e)).astype(np.float32))
+  grads = [jax.grad(lambda *p, fn=fn: jnp.sum(fn(*p) * probe), argnums=(0, 1, 2, 3))(x, *ws)
+           for fn in (kernel, ragged)]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert not np.any(np.asarray(grads[0][0])[int(sizes.sum()):])
+
+
+@pytest.mark.parametrize("impl", ["ragged_dot", "blocked"])
+def test_grouped_matmul_choice_gives_the_same_layer(impl):
+  # config.model.moe_grouped_matmul names the grouped matmul; on CPU auto is blocked. megablox needs a TPU.
+  x = random_x((2, 12, 16), seed=5)
+  with one_device():
+    assert moe_lib.grouped_matmul_impl("auto") == "blocked"
+    with pytest.raises(ValueError, match=r"moe_grouped_matmul='megablox' needs a TPU \(platform here: cpu\)"):
+      moe_lib.grouped_matmul_impl("megablox")
+    auto = make_moe()
+    chosen = moe_lib.MoE(make_cfg(moe_grouped_matmul=impl), nnx.Rngs(params=0))
+    np.testing.assert_allclose(np.asarray(chosen(x)[0]), np.asarray(auto(x)[0]), rtol=1e-5, atol=1e-6)

@@ -167,6 +167,27 @@ def test_pallas_kernels_are_costed_by_the_planner():
   assert found["flops"] == (2 + 4) * 2 * 2 * 8 * 128 * 512 * 512 * 3
 
 
+_GMM_HLO = """HloModule m
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %a = f32[8] parameter(0)
+  %jvp_jit_gmm__.16 = bf16[4096,1024]{1,0:T(8,128)(2,1)} custom-call(%a), custom_call_target="tpu_custom_call", operand_layout_constraints={s32[], s32[6]{0}, s32[36]{0}, s32[36]{0}, s32[1]{0}, bf16[4096,512]{1,0}, bf16[4,512,1024]{2,1,0}}, frontend_attributes={x="y"}
+  %transpose_jvp_jit_gmm___.88 = bf16[4096,512]{1,0:T(8,128)(2,1)} custom-call(%a), custom_call_target="tpu_custom_call", operand_layout_constraints={s32[], s32[6]{0}, s32[36]{0}, s32[36]{0}, s32[1]{0}, bf16[4096,1024]{1,0}, bf16[4,512,1024]{2,1,0}}, frontend_attributes={x="y"}
+  %transpose_jvp_jit_tgmm___.2 = bf16[4,512,1024]{2,1,0:T(8,128)(2,1)} custom-call(%a), custom_call_target="tpu_custom_call", operand_layout_constraints={s32[], s32[6]{0}, s32[36]{0}, s32[36]{0}, s32[1]{0}, bf16[4096,512]{1,0}, bf16[4096,1024]{1,0}}, frontend_attributes={x="y"}
+  ROOT %o = f32[8] add(%a, %a)
+}
+"""
+
+
+def test_grouped_matmul_kernels_are_counted_from_their_operands():
+  # The three megablox calls of one gmm's forward and backward (compiled for v5p from jax's kernels):
+  # rows [4096, 512] × 4 experts [512, 1024] forward, the row gradient, the weight gradient: 3 · 2·m·k·n.
+  found = hlo.grouped_matmul_kernels(_GMM_HLO)
+  assert found == {"calls": {"gmm": 2, "tgmm": 1}, "flops": 3 * 2.0 * 4096 * 512 * 1024, "unparsed": 0}
+  assert hlo.grouped_matmul_kernels(_SPLASH_HLO)["calls"] == {"gmm": 0, "tgmm": 0}  # Splash is not one.
+  assert hlo.splash_kernels(_GMM_HLO)["calls"] == {"fwd": 0, "dq": 0, "dkv": 0}
+
+
 def test_collectives_multiply_loop_bodies_by_their_trip_count():
   found = hlo.collectives(_LOOP_HLO)
   assert found["all-gather"] == {"count": 3, "bytes": 3 * 64 * 128 * 4}

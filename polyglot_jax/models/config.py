@@ -8,6 +8,9 @@ from typing import Any, Mapping
 # How tokens reach their experts (models/moe.py): a grouped matmul over tokens
 # sorted by expert (no token dropped), or fixed per-expert buffers (overflow dropped).
 MOE_DISPATCH = ("dropless", "capacity")
+# The grouped matmul of dropless dispatch (models/moe.py local_experts_swiglu): auto picks by platform
+# (megablox on TPU, ragged_dot on GPU, blocked on CPU); the others name one.
+MOE_GROUPED_MATMULS = ("auto", "megablox", "ragged_dot", "blocked")
 # Attention backends (models/attention.py): auto picks by platform; the others name one kernel.
 ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention", "cudnn", "splash")
 
@@ -40,6 +43,7 @@ class ModelConfig:
   moe_top_k: int = 2
   moe_layers: str = "all"
   moe_dispatch: str = "dropless"
+  moe_grouped_matmul: str = "auto"
   moe_capacity_factor: float = 1.25
   moe_shared_experts: int = 0
 
@@ -68,6 +72,9 @@ class ModelConfig:
       raise ValueError(f"config.model.moe_top_k={self.moe_top_k} must be in 1..config.model.num_experts={self.num_experts}")
     if self.moe_dispatch not in MOE_DISPATCH:
       raise ValueError(f"config.model.moe_dispatch='{self.moe_dispatch}' is unknown; use one of {list(MOE_DISPATCH)}")
+    if self.moe_grouped_matmul not in MOE_GROUPED_MATMULS:
+      raise ValueError(f"config.model.moe_grouped_matmul='{self.moe_grouped_matmul}' is unknown; "
+                       f"use one of {list(MOE_GROUPED_MATMULS)}")
     if self.moe_dispatch == "capacity" and self.moe_capacity_factor <= 0:
       raise ValueError(f"config.model.moe_capacity_factor={self.moe_capacity_factor} must be positive")
     if self.moe_shared_experts < 0:

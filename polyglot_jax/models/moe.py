@@ -138,6 +138,7 @@ class MoE(nnx.Module):
     self.num_experts = n
     self.top_k = cfg.moe_top_k
     self.dispatch = cfg.moe_dispatch
+    self.grouped_matmul = cfg.moe_grouped_matmul
     self.capacity_factor = cfg.moe_capacity_factor
     self.dtype = dtype_of(cfg.dtype)
 
@@ -172,8 +173,8 @@ class MoE(nnx.Module):
     """Dropless dispatch: per device under a multi-device mesh (``expert_parallel_swiglu``), else local."""
     weights = self._weights()
     if mesh_lib.multi_device_mesh():
-      return expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, *weights)
-    return local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, *weights)
+      return expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, *weights, grouped_matmul=self.grouped_matmul)
+    return local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, *weights, grouped_matmul=self.grouped_matmul)
 
   def _capacity(self, x_TxE, indices_TxK, weights_TxK, mask_T):
     """Fixed per-expert buffers filled by a scatter of the kept assignments; returns (out [T, E], dropped fraction)."""
@@ -209,12 +210,13 @@ class MoE(nnx.Module):
 
 
 
-def local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE, first_expert=None):
+def local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE, first_expert=None,
+                        grouped_matmul: str = "auto"):
   """Dropless top-k SwiGLU over the experts held here: sort the assignments by expert, grouped matmuls, combine.
 
   The T·k (token, slot) assignments are sorted by expert and each expert's
-  contiguous rows go through one grouped matmul: ``jax.lax.ragged_dot`` on TPU
-  and GPU. The CPU backend lowers ragged_dot to one dense matmul per expert over
+  contiguous rows go through one grouped matmul: the Pallas grouped-matmul
+  kernels on TPU (``megablox_swiglu``), ``jax.lax.ragged_dot`` on GPU. The CPU backend lowers ragged_dot to one dense matmul per expert over
   all rows (N times the work), so there a loop runs each group's rows in pieces
   instead (``blocked_grouped_matmuls``): the same rows and result, < one small
   piece of waste per group. Rows move by gathers only, both ways and in the
@@ -227,6 +229,7 @@ def local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, 
     gate_NxExF, up_NxExF, down_NxFxE: the weights of N consecutive experts.
     first_expert: id of the first of them (an int32 scalar; under expert parallelism, this
       device's shard). None: they are all the experts, ids 0..N-1.
+    grouped_matmul: ``config.model.moe_grouped_matmul`` (``grouped_matmul_impl``).
 
   Returns:
     [T, E]: Σ over each token's slots routed to these experts of weight · expert(x); slots
@@ -245,8 +248,11 @@ def local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, 
   # cannot score (it would leave the planner without a step-time estimate), and N is small.
   group_sizes_N = jnp.sum(expert_A[:, None] == jnp.arange(n, dtype=expert_A.dtype)[None], axis=0, dtype=jnp.int32)
   x_AxE = _take_rows(x_TxE, order_A // k, rank_A)
-  if attention_platform() == "cpu":
+  impl = grouped_matmul_impl(grouped_matmul)
+  if impl == "blocked":
     y_AxE = blocked_grouped_matmuls(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE)
+  elif impl == "megablox":
+    y_AxE = megablox_swiglu(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE)
   else:
     gate_AxF = jax.lax.ragged_dot(x_AxE, gate_NxExF, group_sizes_N)
     up_AxF = jax.lax.ragged_dot(x_AxE, up_NxExF, group_sizes_N)
@@ -260,6 +266,63 @@ def local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, 
   return jnp.sum((y_AxE * weights_AxE).reshape(t, k, -1), axis=1)
 
 
+def grouped_matmul_impl(name: str = "auto") -> str:
+  """The grouped matmul dropless dispatch runs: ``name``, or for "auto" the platform's.
+
+  Args:
+    name: ``config.model.moe_grouped_matmul``: auto | megablox | ragged_dot | blocked.
+
+  Returns:
+    "megablox" on TPU, "ragged_dot" on GPU, "blocked" on CPU (XLA:CPU lowers ragged_dot to one
+    dense matmul per expert) for "auto"; otherwise ``name``. megablox off TPU is a one-line error
+    (its Pallas kernels run elsewhere only in interpret mode, ``megablox_swiglu(interpret=True)``).
+  """
+  platform = attention_platform()
+  if name == "auto":
+    return {"tpu": "megablox", "cpu": "blocked"}.get(platform, "ragged_dot")
+  if name == "megablox" and platform != "tpu":
+    raise ValueError(f"config.model.moe_grouped_matmul='megablox' needs a TPU (platform here: {platform}); "
+                     "use auto, ragged_dot or blocked")
+  return name
+
+
+MEGABLOX_ROWS = 128  # Row tile of the TPU grouped matmuls: the rows are padded to a multiple of it.
+
+
+def megablox_swiglu(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, interpret: bool = False):
+  """SwiGLU over rows sorted by expert with the Pallas TPU grouped-matmul kernels (megablox ``gmm``).
+
+  The kernels visit only the row tiles of each group, so rows past the groups
+  (under expert parallelism, the assignments of other devices' experts) cost
+  nothing. Rows are padded to a multiple of ``MEGABLOX_ROWS``; the padding and
+  the rows past the groups form one last group that no weights cover, whose
+  outputs are 0. The backward pass is the kernels' own (``gmm`` for the rows,
+  ``tgmm`` for the weights).
+
+  Args:
+    x_AxE: [A, E] rows sorted by expert (group n = the next group_sizes_N[n] rows).
+    group_sizes_N: [N] int32 rows per expert, summing to at most A.
+    gate_NxExF, up_NxExF, down_NxFxE: the experts' SwiGLU weights.
+    interpret: Pallas interpret mode (any platform; for tests).
+
+  Returns:
+    [A, E]: down(silu(x·gate) * (x·up)) of each row's expert; 0 for rows in no group.
+  """
+  from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
+  a = x_AxE.shape[0]
+  pad = -a % MEGABLOX_ROWS
+  x_PxE = jnp.pad(x_AxE, ((0, pad), (0, 0)))
+  rest = a + pad - jnp.sum(group_sizes_N)
+  sizes = jnp.concatenate([group_sizes_N, rest[None]]).astype(jnp.int32)
+  dt = jnp.result_type(x_AxE, gate_NxExF)
+
+  def gmm(lhs, rhs):
+    return megablox.gmm(lhs, rhs, sizes, preferred_element_type=dt, interpret=interpret)
+
+  h_PxF = jax.nn.silu(gmm(x_PxE, gate_NxExF)) * gmm(x_PxE, up_NxExF)
+  return gmm(h_PxF.astype(dt), down_NxFxE)[:a]
+
+
 def _rule_axes(rules: dict, name: str, mesh_shape) -> tuple[str, ...]:
   """The mesh axes (of size > 1) the logical axis ``name`` maps to."""
   target = rules.get(name)
@@ -267,7 +330,8 @@ def _rule_axes(rules: dict, name: str, mesh_shape) -> tuple[str, ...]:
   return tuple(a for a in found if mesh_shape.get(a, 1) > 1)
 
 
-def expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE):
+def expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE,
+                           grouped_matmul: str = "auto"):
   """Dropless dispatch under the active mesh, per device (``shard_map``): no global sort, no all-reduce of weights.
 
   Each device holds the tokens of its batch shard and the experts of its expert
@@ -290,6 +354,7 @@ def expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF
   Args:
     x_TxE, indices_TxK, weights_TxK: tokens and routing, split over the batch axes.
     gate_NxExF, up_NxExF, down_NxFxE: all N experts' weights (global shapes).
+    grouped_matmul: ``config.model.moe_grouped_matmul``.
 
   Returns:
     [T, E], laid out like ``x_TxE``.
@@ -328,7 +393,8 @@ def expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF
       x_TxE, indices_TxK, weights_TxK = (jax.lax.all_gather(v, gather, axis=0, tiled=True)
                                          for v in (x_TxE, indices_TxK, weights_TxK))
     first = jax.lax.axis_index(expert_axes) * gate_NxExF.shape[0] if expert_axes else None
-    y_TxE = local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE, first)
+    y_TxE = local_experts_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE, first,
+                                 grouped_matmul)
     if reduce:
       y_TxE = jax.lax.psum(y_TxE, reduce)
     if gather:

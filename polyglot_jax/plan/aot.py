@@ -188,19 +188,25 @@ def check_divisible(config: ConfigDict, sizes: Mapping[str, int]) -> None:
                     f"{'×'.join(batch_axes)}={shards}; change the batch or the mesh")
 
 
-def batch_shards(config: ConfigDict, sizes: Mapping[str, int]) -> int:
-  """How many shards the batch rows are split into: the product of the sizes of the 'batch' rule's mesh axes.
+def axis_shards(config: ConfigDict, sizes: Mapping[str, int], logical: str) -> int:
+  """How many shards a logical axis is split into: the product of the sizes of its rule's mesh axes.
 
   Args:
     config: the run's config (its logical_axis_rules).
     sizes: mesh axis sizes.
+    logical: a logical axis name, e.g. "batch" or "expert".
 
   Returns:
-    The number of row shards (data × fsdp × expert under the default rules).
+    The number of shards (1 for a name without a rule).
   """
-  target = dict(mesh_lib.rules_tuple(config.logical_axis_rules)).get("batch")
+  target = dict(mesh_lib.rules_tuple(config.logical_axis_rules)).get(logical)
   axes = (target,) if isinstance(target, str) else tuple(target or ())
   return math.prod(sizes.get(a, 1) for a in axes)
+
+
+def batch_shards(config: ConfigDict, sizes: Mapping[str, int]) -> int:
+  """How many shards the batch rows are split into (data × fsdp × expert under the default rules)."""
+  return axis_shards(config, sizes, "batch")
 
 
 def with_overrides(config: ConfigDict, values: Mapping[str, Any]) -> ConfigDict:
@@ -406,7 +412,9 @@ def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_langua
 
   Two things the compiler's ``cost_analysis`` leaves out are added:
 
-  - **Pallas kernels** (splash attention): the cost model charges a kernel's
+  - **Pallas kernels** (splash attention; MoE grouped matmuls, hlo.grouped_matmul_kernels,
+    scaled to the rows of the device's own experts under balanced routing,
+    1 / the expert shards): the cost model charges a kernel's
     operands and results as memory traffic and counts no FLOPs inside it.
     Their matmul FLOPs (hlo.splash_kernels) are added to the FLOPs, and to the
     time at the chip's peak bf16 rate (``peak_flops``): the MXU time of a
@@ -428,7 +436,8 @@ def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_langua
 
   Returns:
     (FLOPs per chip, estimated seconds or None, {probe name: compile seconds}, {what was added to
-    the compiler's figures: splash_flops, splash_seconds, ce_loop_flops, ce_loop_seconds, per chip
+    the compiler's figures: splash_flops, splash_seconds, grouped_matmul_flops, grouped_matmul_seconds,
+    ce_loop_flops, ce_loop_seconds, per chip
     per step; and the compiler's own figures for each probe, probe_N_layer_flops / _seconds}),
     extrapolated to config.model.num_layers and multiplied by grad_accum_steps.
   """
@@ -437,7 +446,10 @@ def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_langua
   base = {"model.scan_layers": False, "optimizer.grad_accum_steps": 1,
           "data.global_batch_size": config.data.global_batch_size // accum}
   chunks, chunk = ce_chunking(config, sizes)
-  results, timings, splash, raw = [], {}, [], {}
+  results, timings, splash, gmm, raw = [], {}, [], [], {}
+  # MoE grouped-matmul kernels (dropless on TPU) skip the rows of other devices' experts: under balanced
+  # routing a device's experts get 1 / (expert shards) of the rows its kernels are handed.
+  local_rows = 1.0 / axis_shards(config, sizes, "expert")
   probes = [(depth, 1) for depth in sorted({1, min(2, layers)})] + ([(1, 2)] if chunks > 1 else [])
   for depth, unroll in probes:
     probe = with_overrides(config, dict(base, **{"model.num_layers": depth}))
@@ -452,13 +464,18 @@ def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_langua
     timings[name] = time.perf_counter() - t
     flops, seconds = _cost(compiled)
     raw[f"{name}_flops"], raw[f"{name}_seconds"] = flops, seconds
-    kernels = hlo.splash_kernels(compiled.as_text())
+    text = compiled.as_text()
+    kernels = hlo.splash_kernels(text)
     raw["splash_unparsed"] = max(raw.get("splash_unparsed", 0), kernels["unparsed"])
-    flops += kernels["flops"]
+    grouped = hlo.grouped_matmul_kernels(text)
+    raw["grouped_matmul_unparsed"] = max(raw.get("grouped_matmul_unparsed", 0), grouped["unparsed"])
+    kernel_flops = kernels["flops"] + grouped["flops"] * local_rows
+    flops += kernel_flops
     if seconds is not None and peak_flops:
-      seconds += kernels["flops"] / peak_flops
+      seconds += kernel_flops / peak_flops
     if unroll == 1:
       splash.append(kernels["flops"])
+      gmm.append(grouped["flops"] * local_rows)
       results.append((flops, seconds))
     else:
       # Counted now: 2 chunks per loop body, plus one more when an odd count leaves a remainder loop.
@@ -473,8 +490,11 @@ def probe_cost(config: ConfigDict, sizes: Mapping[str, int], devices, num_langua
   flops = f1 + (layers - 1) * (f2 - f1)
   seconds = s1 + (layers - 1) * (s2 - s1) if s1 is not None and s2 is not None else None
   splash_flops = splash[0] + (layers - 1) * (splash[-1] - splash[0])
+  gmm_flops = gmm[0] + (layers - 1) * (gmm[-1] - gmm[0])
   added = {"splash_flops": splash_flops * accum,
-           "splash_seconds": splash_flops / peak_flops * accum if peak_flops else 0.0, **raw}
+           "splash_seconds": splash_flops / peak_flops * accum if peak_flops else 0.0,
+           "grouped_matmul_flops": gmm_flops * accum,
+           "grouped_matmul_seconds": gmm_flops / peak_flops * accum if peak_flops else 0.0, **raw}
   if chunks > 1:
     flops += loop_flops
     if seconds is not None and loop_seconds is not None:

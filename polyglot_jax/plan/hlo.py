@@ -310,3 +310,45 @@ def splash_kernels(text: str) -> dict:
     b, h, length, d = ([1] + [int(x) for x in query.split(",")])[-4:]
     flops += SPLASH_MATMULS[kind] * 2.0 * b * h * d * length * length * (n + 1) / (2 * n)
   return {"calls": calls, "flops": flops, "unparsed": unparsed}
+
+
+_GMM_NAME = re.compile(r"(?<![a-z])(t?gmm)(?![a-z])")
+
+
+def grouped_matmul_kernels(text: str) -> dict:
+  """Grouped-matmul Pallas kernels (megablox ``gmm``/``tgmm``, MoE dropless on TPU) and their FLOPs if every row counted.
+
+  The cost model counts no FLOPs inside a Pallas kernel. A ``gmm`` call with a
+  [m, c] row operand and a [m, o] output does 2·m·c·o multiply-adds over all
+  its rows; a ``tgmm`` call (the weight gradient: two [m, a], [m, b] row
+  operands, a [groups, a, b] output) 2·m·a·b. The kernels skip row tiles in no
+  group of the device's experts, so the caller scales these by the share of
+  rows that are (models/moe.py: 1 / the expert shards under balanced routing).
+  Each loop body counts once, as ``cost_analysis`` counts it.
+
+  Args:
+    text: ``compiled.as_text()``.
+
+  Returns:
+    {"calls": {"gmm": n, "tgmm": n}, "flops": float (all rows, per chip), "unparsed": calls not read}.
+  """
+  calls = {"gmm": 0, "tgmm": 0}
+  flops, unparsed = 0.0, 0
+  for name, shape, op, args in _top_level_lines(text):
+    if op != "custom-call" or PALLAS_TARGET not in args:
+      continue
+    kind = _GMM_NAME.search(name.split(".")[0].replace("_", " "))
+    if not kind:
+      continue
+    calls[kind.group(1)] += 1
+    layouts = _LAYOUTS.search(args)
+    rows = [[int(x) for x in dims.split(",")] for dtype, dims in (_ARRAY.findall(layouts.group(1)) if layouts else [])
+            if dtype in ("bf16", "f32", "f16") and dims.count(",") == 1]
+    out = [int(x) for x in (_ARRAY.findall(shape)[0][1].split(",") if _ARRAY.findall(shape) else [])]
+    if kind.group(1) == "gmm" and rows and len(out) == 2 and rows[0][0] == out[0]:
+      flops += 2.0 * out[0] * rows[0][1] * out[1]
+    elif kind.group(1) == "tgmm" and len(rows) >= 2 and rows[0][0] == rows[1][0]:
+      flops += 2.0 * rows[0][0] * rows[0][1] * rows[1][1]
+    else:
+      unparsed += 1
+  return {"calls": calls, "flops": flops, "unparsed": unparsed}

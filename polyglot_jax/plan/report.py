@@ -108,6 +108,11 @@ def cost_added_line(added: dict) -> str:
   parts = []
   if added.get("splash_flops"):
     parts.append(f"splash kernels {_si(added['splash_flops'])}FLOP, {_seconds(added['splash_seconds'])} at peak")
+  if added.get("grouped_matmul_flops"):
+    parts.append(f"MoE grouped-matmul kernels {_si(added['grouped_matmul_flops'])}FLOP, "
+                 f"{_seconds(added['grouped_matmul_seconds'])} at peak (balanced routing)")
+  if added.get("grouped_matmul_unparsed"):
+    parts.append(f"{added['grouped_matmul_unparsed']:g} grouped-matmul call(s) per probe not read: their FLOPs are missing")
   if added.get("splash_unparsed"):
     parts.append(f"{added['splash_unparsed']:g} splash call(s) per probe not read: their FLOPs are missing")
   if added.get("ce_loop_flops") or added.get("ce_loop_seconds"):
