@@ -2,6 +2,8 @@
 
     python tools/experiments/moe_lpr.py --out /tmp/moe_lpr_exp            # the full run, 7.6 min on 2 cores
     python tools/experiments/moe_lpr.py --out /tmp/moe_lpr_quick --quick  # every stage in a few steps, ~2 min
+    python tools/experiments/moe_lpr.py --corpus ntrex --out /tmp/moe_lpr_ntrex  # NTREX-128 news, 9.5 min on 2 cores
+    python tools/experiments/moe_lpr.py --corpus ntrex --out /tmp/moe_lpr_ntrex_quick --quick  # 2.4 min
 
 The full run's time is estimated from the smoke run and a 500-step base, on 2 CPU cores:
 dense 2.3-4 steps/s, MoE stage 1 (4 experts, top-2, dropless) 0.7-1.4 steps/s, review
@@ -14,6 +16,12 @@ new languages rus, zho, hin (Cyrillic, Han, Devanagari). One SentencePiece token
 trained on the training text of all seven, so the new languages are encodable from the
 start, but the base never reads them (``--base_new_weight`` gives it a little, like the
 paper's base models, which knew the new languages weakly).
+
+``--corpus ntrex`` (opt-in; the directory ``../shared/corpora/ntrex128`` next to the repo):
+NTREX-128's line-aligned news text (newstest2019-ref.<lang>.txt, eng = eng-US, zho = zho-CN,
+1997 lines each), one record per line; the last ``--n_eval`` lines (the same line ids in
+every language) are held out, the rest train, and the replay set is the first
+``--review_docs`` training lines of every language.
 
 Arms (one shape: ``--d_model`` × ``--layers``, seq 128, batch 16):
 - ``base``: dense LM on the original languages, ``--base_steps``;
@@ -49,6 +57,8 @@ sys.path.insert(0, REPO)
 
 ORIGINAL = ("eng", "fra", "deu", "spa")
 NEW = ("rus", "zho", "hin")
+NTREX = os.path.join(os.path.dirname(REPO), "shared", "corpora", "ntrex128")
+NTREX_NAMES = {"eng": "eng-US", "zho": "zho-CN"}
 
 
 def write_jsonl(path: str, records) -> str:
@@ -58,27 +68,44 @@ def write_jsonl(path: str, records) -> str:
   return path
 
 
-def prepare(out: str, languages, review_docs: int, vocab: int) -> dict:
-  """The demo corpus restricted to ``languages``, the replay set and a tokenizer trained on all of them."""
+def read_ntrex(languages, n_eval: int) -> tuple[list[dict], list[dict]]:
+  """NTREX-128 lines as records: all but the last ``n_eval`` lines train, those are held out (parallel)."""
+  train, held_out = [], []
+  for lang in languages:
+    with open(os.path.join(NTREX, f"newstest2019-ref.{NTREX_NAMES.get(lang, lang)}.txt"), encoding="utf-8") as f:
+      lines = [line.strip() for line in f]
+    train += [{"text": t, "lang": lang} for t in lines[:-n_eval] if t]
+    held_out += [{"text": t, "lang": lang} for t in lines[-n_eval:] if t]
+  return train, held_out
+
+
+def prepare(out: str, languages, review_docs: int, vocab: int, corpus: str = "demo", n_eval: int = 200) -> dict:
+  """The corpus restricted to ``languages``, the replay set and a tokenizer trained on all of them."""
   from polyglot_jax.data.demo_corpus import build_demo_corpus
   from polyglot_jax.tokenizer.train import train_sentencepiece
   root = os.path.join(out, "data")
   done = os.path.join(root, "prepared.json")
   if os.path.exists(done):
-    return json.load(open(done))
-  demo = os.path.join(root, "demo_corpus")
-  if not os.path.exists(os.path.join(demo, "eval.jsonl")):
-    build_demo_corpus(demo)
-  read = lambda name: [r for r in map(json.loads, open(os.path.join(demo, name), encoding="utf-8"))
-                       if r["lang"] in languages]
-  train, held_out = read("train.jsonl"), read("eval.jsonl")
+    info = json.load(open(done))
+    if info.get("corpus", "demo") != corpus:
+      sys.exit(f"{out} holds a run on --corpus {info.get('corpus', 'demo')}, not {corpus}; use another --out")
+    return info
+  if corpus == "ntrex":
+    train, held_out = read_ntrex(languages, n_eval)
+  else:
+    demo = os.path.join(root, "demo_corpus")
+    if not os.path.exists(os.path.join(demo, "eval.jsonl")):
+      build_demo_corpus(demo)
+    read = lambda name: [r for r in map(json.loads, open(os.path.join(demo, name), encoding="utf-8"))
+                         if r["lang"] in languages]
+    train, held_out = read("train.jsonl"), read("eval.jsonl")
   replay, taken = [], {}
   for r in train:
     if taken.get(r["lang"], 0) < review_docs:
       replay.append(r)
       taken[r["lang"]] = taken.get(r["lang"], 0) + 1
   tokenizer = train_sentencepiece([(r["text"], r["lang"]) for r in train], os.path.join(root, "spm"), vocab)
-  info = {"train": write_jsonl(os.path.join(root, "train.jsonl"), train),
+  info = {"corpus": corpus, "train": write_jsonl(os.path.join(root, "train.jsonl"), train),
           "eval": write_jsonl(os.path.join(root, "eval.jsonl"), held_out),
           "replay": write_jsonl(os.path.join(root, "replay.jsonl"), replay), "tokenizer": tokenizer, "vocab": vocab,
           "train_docs": {c: sum(r["lang"] == c for r in train) for c in languages},
@@ -198,6 +225,9 @@ def format_tables(arms: dict, summary: dict, routing_results: dict) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
+  parser.add_argument("--corpus", default="demo", choices=("demo", "ntrex"),
+                      help=f"demo: the project's demo corpus; ntrex: NTREX-128 news lines from {NTREX}")
+  parser.add_argument("--n_eval", type=int, default=200, help="ntrex: held-out tail lines per language (parallel)")
   parser.add_argument("--quick", action="store_true", help="a few steps per stage: checks the pipeline end to end")
   parser.add_argument("--base_steps", type=int, default=500, help="dense base on the original languages")
   parser.add_argument("--ft_steps", type=int, default=250, help="full_ft and moe_stage1 on the new languages (same)")
@@ -219,12 +249,14 @@ def main():
   parser.add_argument("--vocab", type=int, default=3072, help="SentencePiece pieces over the seven languages")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
+  if args.corpus == "ntrex" and not os.path.isdir(NTREX):
+    sys.exit(f"--corpus ntrex: no NTREX-128 directory at {NTREX}")
   if args.quick:
     args.base_steps, args.ft_steps, args.review_steps = 40, 20, 6
   from polyglot_jax.models import moe_commands, upcycle
   t0 = time.perf_counter()
   os.makedirs(args.out, exist_ok=True)
-  info = prepare(args.out, ORIGINAL + NEW, args.review_docs, args.vocab)
+  info = prepare(args.out, ORIGINAL + NEW, args.review_docs, args.vocab, args.corpus, args.n_eval)
   print(f"data: train docs {info['train_docs']}, held-out docs {info['eval_docs']}, replay docs "
         f"{sum(info['replay_docs'].values())}", flush=True)
   path = lambda name: os.path.join(args.out, name)
