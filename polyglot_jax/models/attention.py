@@ -339,17 +339,24 @@ def _block_ranges(length: int, block: int):
 
 
 def _attention_blocks(q_BxKxGxLxD, k_BxKxLxD, v_BxKxLxD, segment_ids_BxL, block: int):
-  """Forward pass: (out [B, K, G, L, D], float32 probabilities of each block [B, K, G, block, end])."""
+  """Forward pass: (out [B, K, G, L, D], float32 probabilities of each block [B, K, G·block, end]).
+
+  A block's G query heads of one key/value head are folded into its rows ([B, K, G·block, D]), so
+  every matmul is a batched GEMM over (B, K) (XLA:CPU runs those faster than 5-d contractions).
+  """
   dt = q_BxKxGxLxD.dtype
+  b, kvh, g, length, hd = q_BxKxGxLxD.shape
   outs, probs = [], []
-  for start, end in _block_ranges(q_BxKxGxLxD.shape[3], block):
-    logits = jnp.einsum("bkgld,bkmd->bkglm", q_BxKxGxLxD[:, :, :, start:end], k_BxKxLxD[:, :, :end],
-                        preferred_element_type=jnp.float32)
+  for start, end in _block_ranges(length, block):
+    rows = g * (end - start)
+    q = q_BxKxGxLxD[:, :, :, start:end].reshape(b, kvh, rows, hd)
+    logits = jnp.einsum("bkld,bkmd->bklm", q, k_BxKxLxD[:, :, :end], preferred_element_type=jnp.float32)
     mask = attention_mask(segment_ids_BxL, start, end - start, end)
-    logits = jnp.where(mask, logits, NEG_INF)
+    logits = jnp.where(mask, logits.reshape(b, kvh, g, end - start, end), NEG_INF).reshape(b, kvh, rows, end)
     p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     p = p * (1.0 / jnp.sum(p, axis=-1, keepdims=True))
-    outs.append(jnp.einsum("bkglm,bkmd->bkgld", p.astype(dt), v_BxKxLxD[:, :, :end]))
+    out = jnp.einsum("bklm,bkmd->bkld", p.astype(dt), v_BxKxLxD[:, :, :end])
+    outs.append(out.reshape(b, kvh, g, end - start, hd))
     probs.append(p)
   return (outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)), probs
 
@@ -367,17 +374,21 @@ def _blocked_attention_fwd(q_BxKxGxLxD, k_BxKxLxD, v_BxKxLxD, segment_ids_BxL, b
 def _blocked_attention_bwd(block: int, res, d_out):
   q, k, v, segment_ids_BxL, out, probs = res
   dt, f32 = q.dtype, jnp.float32
+  b, kvh, g, length, hd = q.shape
   # rowsum(dO ⊙ O) = rowsum(dP ⊙ P): the softmax backward's correction, over D instead of the keys.
   delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
   dk, dv = jnp.zeros(k.shape, f32), jnp.zeros(v.shape, f32)
   dqs = []
-  for (start, end), p in zip(_block_ranges(q.shape[3], block), probs):
-    d_o = d_out[:, :, :, start:end]
-    dv = dv.at[:, :, :end].add(jnp.einsum("bkglm,bkgld->bkmd", p.astype(dt), d_o, preferred_element_type=f32))
-    dp = jnp.einsum("bkgld,bkmd->bkglm", d_o, v[:, :, :end], preferred_element_type=f32)
-    ds = (p * (dp - delta[:, :, :, start:end])).astype(dt)
-    dqs.append(jnp.einsum("bkglm,bkmd->bkgld", ds, k[:, :, :end], preferred_element_type=f32))
-    dk = dk.at[:, :, :end].add(jnp.einsum("bkglm,bkgld->bkmd", ds, q[:, :, :, start:end], preferred_element_type=f32))
+  for (start, end), p in zip(_block_ranges(length, block), probs):
+    rows = g * (end - start)
+    d_o = d_out[:, :, :, start:end].reshape(b, kvh, rows, hd)
+    q_blk = q[:, :, :, start:end].reshape(b, kvh, rows, hd)
+    dv = dv.at[:, :, :end].add(jnp.einsum("bklm,bkld->bkmd", p.astype(dt), d_o, preferred_element_type=f32))
+    dp = jnp.einsum("bkld,bkmd->bklm", d_o, v[:, :, :end], preferred_element_type=f32)
+    ds = (p * (dp - delta[:, :, :, start:end].reshape(b, kvh, rows, 1))).astype(dt)
+    dq = jnp.einsum("bklm,bkmd->bkld", ds, k[:, :, :end], preferred_element_type=f32)
+    dqs.append(dq.reshape(b, kvh, g, end - start, hd))
+    dk = dk.at[:, :, :end].add(jnp.einsum("bklm,bkld->bkmd", ds, q_blk, preferred_element_type=f32))
   dq = dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=3)
   return dq.astype(dt), dk.astype(k.dtype), dv.astype(v.dtype), None
 
