@@ -122,6 +122,24 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
 
 
+def logical_mesh_axes(name: str) -> tuple[str, ...]:
+  """The mesh axes of size > 1 a logical axis is split over under the active mesh and rules; () outside a mesh.
+
+  Args:
+    name: a logical axis name (e.g. "batch").
+
+  Returns:
+    Those mesh axis names, in the rule's order (() when ``name`` has no rule).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return ()
+  from flax.core import spmd  # The rules live in flax's context (activate).
+  target = dict(rules_tuple(spmd.get_logical_axis_rules() or ())).get(name)
+  targets = (target,) if isinstance(target, str) else tuple(target or ())
+  return tuple(a for a in targets if mesh.shape.get(a, 1) > 1)
+
+
 def logical_axis_size(name: str) -> int:
   """How many devices a logical axis is split over under the active mesh and rules; 1 outside a mesh.
 
@@ -132,12 +150,7 @@ def logical_axis_size(name: str) -> int:
     The product of the sizes of the mesh axes the rules map ``name`` to (1 when it has no rule).
   """
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty:
-    return 1
-  from flax.core import spmd
-  target = dict(rules_tuple(spmd.get_logical_axis_rules() or ())).get(name)
-  targets = (target,) if isinstance(target, str) else tuple(target or ())
-  return math.prod(mesh.shape[a] for a in targets if a in mesh.shape)
+  return math.prod(mesh.shape[a] for a in logical_mesh_axes(name))
 
 
 def multi_device_mesh() -> bool:

@@ -63,6 +63,34 @@ def cross_entropy(logits, targets):
   return log_z - np.take_along_axis(logits, targets[..., None], -1)[..., 0], log_z
 
 
+def attention_residual(x, layer, cfg, positions):
+  """x plus one layer's causal self-attention (pre-norm, RoPE, grouped-query heads), float64 NumPy.
+
+  Args:
+    x: [B, L, E] residual stream.
+    layer: one layer's parameters (``_layer``).
+    cfg: the ModelConfig.
+    positions: [B, L] positions for RoPE.
+
+  Returns:
+    [B, L, E]: x + o_proj(attention(rms_norm(x))).
+  """
+  length = x.shape[1]
+  allowed = (np.arange(length)[:, None] >= np.arange(length)[None, :])[None]
+  a = layer["attn"]
+  y = rms_norm(x, layer["attn_norm"]["scale"], cfg.norm_eps)
+  q = rope(np.einsum("ble,ehd->blhd", y, a["q_proj"]), positions, cfg.rope_theta)
+  k = rope(np.einsum("ble,ehd->blhd", y, a["k_proj"]), positions, cfg.rope_theta)
+  v = np.einsum("ble,ehd->blhd", y, a["v_proj"])
+  out = np.zeros_like(q)
+  for head in range(cfg.num_heads):
+    kv = head // (cfg.num_heads // cfg.num_kv_heads)
+    s = np.where(allowed, np.einsum("bld,bmd->blm", q[:, :, head], k[:, :, kv]) / np.sqrt(q.shape[-1]), -np.inf)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    out[:, :, head] = np.einsum("blm,bmd->bld", s / s.sum(-1, keepdims=True), v[:, :, kv])
+  return x + np.einsum("blhd,hde->ble", out, a["o_proj"])
+
+
 def _layer(blocks, i, scanned):
   if scanned:
     return _map(lambda a: a[i], blocks)

@@ -86,25 +86,11 @@ def reference_layers(params, cfg, tokens):
   tokens = np.asarray(tokens)[None]
   length = tokens.shape[1]
   positions = np.arange(length)[None]
-  allowed = (np.arange(length)[:, None] >= np.arange(length)[None, :])[None]
   x = p["embedding"][tokens]
   residuals, gates = [x[0]], []
-  h, kvh = cfg.num_heads, cfg.num_kv_heads
   for i in range(cfg.num_layers):
     layer = reference._layer(p["blocks"], i, cfg.scan_layers)
-    a = layer["attn"]
-    y = reference.rms_norm(x, layer["attn_norm"]["scale"], cfg.norm_eps)
-    q = reference.rope(np.einsum("ble,ehd->blhd", y, a["q_proj"]), positions, cfg.rope_theta)
-    k = reference.rope(np.einsum("ble,ehd->blhd", y, a["k_proj"]), positions, cfg.rope_theta)
-    v = np.einsum("ble,ehd->blhd", y, a["v_proj"])
-    out = np.zeros_like(q)
-    for head in range(h):
-      kv = head // (h // kvh)
-      s = np.einsum("bld,bmd->blm", q[:, :, head], k[:, :, kv]) / np.sqrt(q.shape[-1])
-      s = np.where(allowed, s, -np.inf)
-      s = np.exp(s - s.max(-1, keepdims=True))
-      out[:, :, head] = np.einsum("blm,bmd->bld", s / s.sum(-1, keepdims=True), v[:, :, kv])
-    x = x + np.einsum("blhd,hde->ble", out, a["o_proj"])
+    x = reference.attention_residual(x, layer, cfg, positions)
     m = layer["mlp"]
     y = reference.rms_norm(x, layer["mlp_norm"]["scale"], cfg.norm_eps)
     gate = y @ m["gate_proj"]

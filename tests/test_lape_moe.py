@@ -54,23 +54,11 @@ def reference_counts(params, cfg, tokens):
   p = reference._to64(params)
   length = len(tokens)
   positions = np.arange(length)[None]
-  allowed = (np.arange(length)[:, None] >= np.arange(length)[None, :])[None]
   x = p["embedding"][np.asarray(tokens)][None]
   counts, gap = [], np.inf
   for i in range(cfg.num_layers):
     layer = reference._layer(p["blocks"], i, cfg.scan_layers)
-    a = layer["attn"]
-    y = reference.rms_norm(x, layer["attn_norm"]["scale"], cfg.norm_eps)
-    q = reference.rope(np.einsum("ble,ehd->blhd", y, a["q_proj"]), positions, cfg.rope_theta)
-    k = reference.rope(np.einsum("ble,ehd->blhd", y, a["k_proj"]), positions, cfg.rope_theta)
-    v = np.einsum("ble,ehd->blhd", y, a["v_proj"])
-    out = np.zeros_like(q)
-    for head in range(cfg.num_heads):
-      kv = head // (cfg.num_heads // cfg.num_kv_heads)
-      s = np.einsum("bld,bmd->blm", q[:, :, head], k[:, :, kv]) / np.sqrt(q.shape[-1])
-      s = np.exp(np.where(allowed, s, -np.inf) - np.where(allowed, s, -np.inf).max(-1, keepdims=True))
-      out[:, :, head] = np.einsum("blm,bmd->bld", s / s.sum(-1, keepdims=True), v[:, :, kv])
-    x = x + np.einsum("blhd,hde->ble", out, a["o_proj"])
+    x = reference.attention_residual(x, layer, cfg, positions)
     y = reference.rms_norm(x, layer["mlp_norm"]["scale"], cfg.norm_eps)[0]  # [T, E]
     if "moe" in layer:
       m = layer["moe"]

@@ -473,16 +473,8 @@ def _splash_sharding(b: int, h: int, kvh: int):
   if not mesh_lib.multi_device_mesh():
     return None, None, 1
   mesh = jax.sharding.get_abstract_mesh()
-  from flax.core import spmd  # The logical rules live in flax's context (mesh.activate).
-  rules = dict(spmd.get_logical_axis_rules() or ())
-
-  def axes(name, taken=()):
-    target = rules.get(name)
-    found = (target,) if isinstance(target, str) else tuple(target or ())
-    return tuple(a for a in found if a in mesh.shape and mesh.shape[a] > 1 and a not in taken)
-
-  batch = axes("batch")
-  heads = axes("act_heads", batch)
+  batch = mesh_lib.logical_mesh_axes("batch")
+  heads = tuple(a for a in mesh_lib.logical_mesh_axes("act_heads") if a not in batch)
   if b % math.prod(mesh.shape[a] for a in batch):
     batch = ()
   n_heads = math.prod(mesh.shape[a] for a in heads)

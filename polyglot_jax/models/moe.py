@@ -323,13 +323,6 @@ def megablox_swiglu(x_AxE, group_sizes_N, gate_NxExF, up_NxExF, down_NxFxE, inte
   return gmm(h_PxF.astype(dt), down_NxFxE)[:a]
 
 
-def _rule_axes(rules: dict, name: str, mesh_shape) -> tuple[str, ...]:
-  """The mesh axes (of size > 1) the logical axis ``name`` maps to."""
-  target = rules.get(name)
-  found = (target,) if isinstance(target, str) else tuple(target or ())
-  return tuple(a for a in found if mesh_shape.get(a, 1) > 1)
-
-
 def expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF, down_NxFxE,
                            grouped_matmul: str = "auto"):
   """Dropless dispatch under the active mesh, per device (``shard_map``): no global sort, no all-reduce of weights.
@@ -359,16 +352,13 @@ def expert_parallel_swiglu(x_TxE, indices_TxK, weights_TxK, gate_NxExF, up_NxExF
   Returns:
     [T, E], laid out like ``x_TxE``.
   """
-  from flax.core import spmd  # The logical rules live in flax's context (mesh.activate).
-  mesh = jax.sharding.get_abstract_mesh()
-  shape = dict(mesh.shape)
-  rules = dict(mesh_lib.rules_tuple(spmd.get_logical_axis_rules() or ()))
-  token_axes = _rule_axes(rules, "batch", shape)
+  shape = dict(jax.sharding.get_abstract_mesh().shape)
+  token_axes = mesh_lib.logical_mesh_axes("batch")
   if x_TxE.shape[0] % math.prod(shape[a] for a in token_axes):
     token_axes = ()  # Too few tokens to split (a small decode batch): every device takes them all.
-  expert_axes = tuple(a for a in _rule_axes(rules, "expert", shape))
-  embed_axes = tuple(a for a in _rule_axes(rules, "embed", shape) if a not in expert_axes)
-  mlp_axes = tuple(a for a in _rule_axes(rules, "mlp", shape) if a not in expert_axes + embed_axes)
+  expert_axes = mesh_lib.logical_mesh_axes("expert")
+  embed_axes = tuple(a for a in mesh_lib.logical_mesh_axes("embed") if a not in expert_axes)
+  mlp_axes = tuple(a for a in mesh_lib.logical_mesh_axes("mlp") if a not in expert_axes + embed_axes)
   n, f = gate_NxExF.shape[0], gate_NxExF.shape[-1]
   if n % math.prod(shape[a] for a in expert_axes):
     expert_axes = ()
