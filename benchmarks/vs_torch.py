@@ -1,6 +1,6 @@
 """Our train step vs Hugging Face transformers' LlamaForCausalLM (eager and torch.compile), interleaved in one run.
 
-    python benchmarks/vs_torch.py [--rounds 4] [--steps 5] [--arms ours,torch_eager,torch_compile]
+    python benchmarks/vs_torch.py [--rounds 4] [--steps 5] [--warmup 6] [--arms ours,torch_eager,torch_compile]
         [--out benchmarks/results/vs_torch.json]
     python benchmarks/vs_torch.py --quick   # a tiny model, one round: checks the script runs
 
@@ -12,8 +12,12 @@ of `polyglot-jax train` (configs/bench.py with mlp_dim 2048); the torch side
 is a plain loop: forward with labels, backward, clip, AdamW step, zero grads
 (transformers' default attention, sdpa). Both run in this process on the same
 cores; the arms take turns (A B C, A B C, ...) and each round times
-``--steps`` steps of every arm after its warm-up. Ratios are the median over
-rounds of each round's tokens/s ratio, so slow drift of the machine cancels.
+``--steps`` steps of every arm. Before round 1 every arm runs ``--warmup``
+untimed steps, in turns: torch's eager step keeps getting faster over its
+first ~6 steps (its allocator and oneDNN caches fill; 575 → 654 → 696
+tokens/s in the first three rounds of one run), so without them a short run
+reads eager too slow. Ratios are the median over rounds of each round's
+tokens/s ratio, so slow drift of the machine cancels.
 Needs torch and transformers (the test extra).
 """
 
@@ -85,6 +89,7 @@ def main():
   parser.add_argument("--arms", default="ours,torch_eager,torch_compile")
   parser.add_argument("--rounds", type=int, default=4)
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=6, help="untimed steps of every arm before round 1")
   parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: the CPU count")
   parser.add_argument("--quick", action="store_true", help="tiny model, one round of 2 steps")
   parser.add_argument("--out", default="benchmarks/results/vs_torch.json")
@@ -94,7 +99,7 @@ def main():
   torch.set_num_threads(args.threads or os.cpu_count())
   overrides = {**PEER, **(QUICK if args.quick else {})}
   if args.quick:
-    args.rounds, args.steps = 1, 2
+    args.rounds, args.steps, args.warmup = 1, 2, 1
     if args.out == parser.get_default("out"):
       args.out = "benchmarks/results/vs_torch_quick.json"
   arms = [a for a in args.arms.split(",") if a]
@@ -110,6 +115,10 @@ def main():
       variants[arm] = torch_variant(config, arm == "torch_compile")
     else:
       raise SystemExit(f"--arms: unknown arm '{arm}'; use ours, torch_eager, torch_compile")
+  for w in range(args.warmup):
+    took = {arm: time_steps(v, 1) if arm == "ours" else time_torch(v, 1) for arm, v in variants.items()}
+    print(f"warm-up {w + 1}/{args.warmup}: " + ", ".join(f"{n} {t * 1000:.0f} ms" for n, t in took.items()),
+          flush=True)
   rounds = []
   for r in range(args.rounds):
     row = {}

@@ -76,7 +76,7 @@ def default_config() -> ConfigDict:
   c.model.init_std = 0.02  # Std of the normal initialiser of every matrix.
   c.model.scan_layers = True  # lax.scan over stacked layers (fast compiles) or unrolled.
   c.model.remat_policy = "none"  # Per-layer rematerialisation: none | dots | full.
-  c.model.attention_block = 128  # Causal attention in query blocks of this size (0: one block).
+  c.model.attention_block = 64  # xla attention in square tiles of this many tokens (0: one block).
   # Attention kernel (models/attention.py): xla (block-causal einsums, any backend) |
   # dot_product_attention (jax.nn.dot_product_attention; cuDNN flash on GPU when it fits) |
   # cudnn (cuDNN flash only, GPU, bf16/fp16; an error elsewhere) | splash (Pallas TPU splash

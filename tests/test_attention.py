@@ -87,11 +87,19 @@ def forward_and_grads(fn, q, k, v, seg):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("block", [64, 48])
+@pytest.mark.parametrize("block", [64, 48, 8])
 def test_xla_blocks_equal_the_numpy_reference(qkv, block):
+  # 8 asks for 25 blocks: more than XLA_MAX_BLOCKS, so the row runs in 13 blocks of 16.
   q, k, v, seg = qkv
   out = jax.jit(attn.causal_attention, static_argnums=4)(*map(jnp.asarray, (q, k, v, seg)), block)
   np.testing.assert_allclose(np.asarray(out), numpy_attention(q, k, v, seg), atol=2e-5)
+
+
+def test_xla_block_is_capped_at_max_blocks_per_row():
+  assert attn.xla_block(L, 64) == 64 and attn.xla_block(L, 0) == L and attn.xla_block(L, 512) == L
+  assert attn.xla_block(L, 8) == 16  # ceil(200 / 16) = 13, rounded up to 16: 13 blocks.
+  assert -(-L // attn.xla_block(L, 8)) <= attn.XLA_MAX_BLOCKS
+  assert attn.xla_block(4096, 64) == 256
 
 
 def plain_attention(q, k, v, seg):
@@ -113,7 +121,7 @@ def test_xla_backward_equals_autodiff_of_plain_attention(qkv, block):
   assert_same(ours, ref, atol=2e-5, grad_atol=2e-5)
 
 
-def test_xla_ragged_blocks_never_build_the_full_score_matrix(qkv):
+def test_xla_scores_only_tiles_never_the_full_matrix(qkv):
   args = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in qkv]
 
   def text(block):
@@ -121,9 +129,12 @@ def test_xla_ragged_blocks_never_build_the_full_score_matrix(qkv):
 
   full = re.compile(rf"x{L}x{L}x")  # A [..., L, L] tensor type in the StableHLO text.
   assert full.search(text(0))  # One block does build it: the check can see it.
-  blocked = text(64)  # Blocks of 64, 64, 64 and a last one of 8.
-  assert not full.search(blocked)
-  assert re.search(rf"x8x{L}x", blocked)  # The short last block scores all keys up to its end.
+  tiled = text(64)  # 200 tokens padded to 4 blocks of 64.
+  assert not full.search(tiled)
+  g = H // K
+  tile = re.compile(rf"tensor<{B}x{K}x{g * 64}x64xf32>")  # One query block's G heads × one key block.
+  assert len(tile.findall(tiled)) >= 10  # 4 · 5 / 2 = 10 tiles, each scored once.
+  assert not re.search(rf"x{g * 64}x(128|192|256)xf32", tiled)  # No tile spans several key blocks.
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class ModelConfig:
   init_std: float = 0.02
   scan_layers: bool = True
   remat_policy: str = "none"
-  attention_block: int = 128
+  attention_block: int = 64
   attention_impl: str = "auto"
   # Chunked cross-entropy (models/chunked_ce.py): -1 auto above the threshold, 0 off, N > 0 tokens per chunk.
   ce_chunk_size: int = -1
