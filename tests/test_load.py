@@ -92,3 +92,21 @@ def test_apply_init_from_refuses_contradictions_by_key():
     config.init_from = "/nonexistent"
     loading.apply_init_from(config, [])
   assert issubclass(ConfigError, ValueError)
+
+
+def test_reading_a_training_checkpoint_logs_no_orbax_warning(tmp_path, caplog):
+  # A training checkpoint's state lives in checkpoints/<step>/state; orbax's Checkpointer looks for a
+  # step metadata file inside that item folder and warned on every read.
+  import logging
+
+  from polyglot_jax.interop import workdir as workdir_lib
+  from polyglot_jax.train.checkpoint import Checkpointer
+  state = {"params": {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}, "opt": {"m": np.ones(5, np.float32)}}
+  checkpointer = Checkpointer(str(tmp_path), every_steps=1, max_to_keep=1, async_save=False)
+  checkpointer.save(2, jax.tree.map(jax.numpy.asarray, state), {"pos": 2}, {"shapes": {}}, force=True)
+  checkpointer.close()
+  with caplog.at_level(logging.WARNING):
+    params = workdir_lib._restore_numpy(str(tmp_path / "checkpoints" / "2" / "state"), "params")
+  np.testing.assert_array_equal(params["w"], state["params"]["w"])
+  assert isinstance(params["w"], np.ndarray) and "opt" not in params
+  assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]

@@ -104,16 +104,20 @@ def _restore_numpy(path: str, subtree: str | None = None) -> dict:
   """Restores an orbax PyTree (or one top-level subtree of it) as NumPy arrays on this host."""
   import jax
   import orbax.checkpoint as ocp
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
+  from etils import epath
+  # The PyTree handler itself, not a Checkpointer around it: a Checkpointer also looks for a
+  # step's _CHECKPOINT_METADATA inside the item folder, where orbax never writes one, and
+  # logs a warning on every read.
+  handler = ocp.PyTreeCheckpointHandler()
+  tree = handler.metadata(epath.Path(path)).tree
   if subtree is not None:
     if subtree not in tree:
       raise ConvertError(f"{path} holds no '{subtree}' ({sorted(tree)})")
     tree = {subtree: tree[subtree]}
   item = jax.tree.map(lambda _: 0, tree)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  out = checkpointer.restore(path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                                               partial_restore=subtree is not None))
+  out = handler.restore(epath.Path(path), args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=subtree is not None))
   return out[subtree] if subtree is not None else out
 
 
