@@ -14,6 +14,16 @@ def write_json(result: dict, path: str) -> None:
 MiB = 2**20
 
 
+def parse_override(value: str):
+  """A command-line override value as a Python value (int, float, bool or string)."""
+  for cast in (int, float):
+    try:
+      return cast(value)
+    except ValueError:
+      pass
+  return {"true": True, "false": False}.get(value.lower(), value)
+
+
 def step_variant(base: str, overrides: dict) -> dict:
   """The real lm train step of config file ``base`` with dotted ``overrides``, compiled and warmed up.
 

@@ -39,21 +39,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import step_variant, time_steps, write_json  # noqa: E402
+from benchmarks.common import parse_override, step_variant, time_steps, write_json  # noqa: E402
 from polyglot_jax.cli import _split_config_overrides  # noqa: E402
 
 QUICK = {"model.vocab_size": 2000, "model.d_model": 64, "model.num_layers": 2, "model.num_heads": 2,
          "model.num_kv_heads": 2, "model.mlp_dim": 128, "data.seq_len": 64, "data.global_batch_size": 2}
 
-
-def _parse(value: str):
-  """A command-line override value as a Python value (int, float, bool or string)."""
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return {"true": True, "false": False}.get(value.lower(), value)
 
 
 def part_functions(v: dict) -> dict:
@@ -144,7 +135,7 @@ def main():
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--out", default="benchmarks/results/step_breakdown.json")
   args = parser.parse_args(rest)
-  values = {k: _parse(val) for k, val in (o.split("=", 1) for o in overrides)}
+  values = {k: parse_override(val) for k, val in (o.split("=", 1) for o in overrides)}
   if args.quick:
     values = {**QUICK, **values}
     args.rounds, args.steps = 1, 2
