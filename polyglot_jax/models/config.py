@@ -32,7 +32,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   init_std: float = 0.02
   scan_layers: bool = True
-  remat_policy: str = "none"
+  remat_policy: str = "dots"
   attention_block: int = 64
   attention_impl: str = "auto"
   # Chunked cross-entropy (models/chunked_ce.py): -1 auto above the threshold, 0 off, N > 0 tokens per chunk.
