@@ -12,6 +12,9 @@ def write_json(result: dict, path: str) -> None:
 
 
 MiB = 2**20
+# The --quick model of the step benchmarks: tiny, so a run only checks that the script works.
+QUICK = {"model.vocab_size": 2000, "model.d_model": 64, "model.num_layers": 2, "model.num_heads": 2,
+         "model.num_kv_heads": 2, "model.mlp_dim": 128, "data.seq_len": 64, "data.global_batch_size": 2}
 
 
 def parse_override(value: str):

@@ -27,11 +27,8 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import interleave, step_variant, write_json  # noqa: E402
+from benchmarks.common import QUICK, interleave, step_variant, write_json  # noqa: E402
 from polyglot_jax import configs as config_lib  # noqa: E402
-
-QUICK = {"model.vocab_size": 2000, "model.d_model": 64, "model.num_layers": 2, "model.num_heads": 2,
-         "model.num_kv_heads": 2, "model.mlp_dim": 128, "data.seq_len": 64, "data.global_batch_size": 2}
 
 
 def main():

@@ -35,11 +35,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import parse_override, step_variant, write_json  # noqa: E402
+from benchmarks.common import QUICK, parse_override, step_variant, write_json  # noqa: E402
 from polyglot_jax.cli import _split_config_overrides  # noqa: E402
+from polyglot_jax.plan import hlo  # noqa: E402
 
-QUICK = {"model.vocab_size": 2000, "model.d_model": 64, "model.num_layers": 2, "model.num_heads": 2,
-         "model.num_kv_heads": 2, "model.mlp_dim": 128, "data.seq_len": 64, "data.global_batch_size": 2}
 # Trace events that are not XLA ops: the runtime's own spans and Python frames.
 _NOT_OPS = re.compile(r"^(\$|end: )|Thunk|Slinky|PjRt|Pjit|MutexLock|ThreadpoolListener|Handle input|Wait for|"
                       r"ParseArguments|AllocateOutput|PythonRefManager|CreateOutputs")
@@ -78,16 +77,6 @@ def by_class(ops: dict[str, tuple[float, int]]) -> dict[str, float]:
   return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def hlo_shapes(hlo_text: str) -> dict[str, str]:
-  """{instruction name: result type} of an HLO module's text (as ``compiled.as_text()`` gives it)."""
-  out = {}
-  for line in hlo_text.splitlines():
-    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ", line)
-    if m:
-      out[m.group(1)] = m.group(2)
-  return out
-
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--config", default="configs/bench.py")
@@ -115,7 +104,8 @@ def main():
         v["state"], m = v["compiled"](v["state"], v["batch"])
       jax.block_until_ready(m)
       wall = (time.perf_counter() - t) / args.steps
-    shapes = hlo_shapes(v["compiled"].as_text())
+    comps, _ = hlo.parse_computations(v["compiled"].as_text())
+    shapes = {name: shape for comp in comps.values() for name, shape in comp.shapes.items()}
   ops = op_times(trace_dir)
   steps = 1 if args.trace else args.steps
   total = sum(t for t, _ in ops.values())

@@ -31,11 +31,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import step_variant, time_steps, write_json  # noqa: E402
+from benchmarks.common import QUICK, step_variant, time_steps, write_json  # noqa: E402
 
 PEER = {"model.mlp_dim": 2048}
-QUICK = {"model.vocab_size": 2000, "model.d_model": 64, "model.num_layers": 2, "model.num_heads": 2,
-         "model.num_kv_heads": 2, "model.mlp_dim": 128, "data.seq_len": 64, "data.global_batch_size": 2}
 
 
 def torch_variant(config, compiled: bool) -> dict:

@@ -44,25 +44,6 @@ from polyglot_jax.models.layers import apply_rope, dtype_of, param
 NEG_INF = -1e30  # Finite, so a fully masked row gives a uniform softmax, not NaN.
 
 
-def attention_mask(segment_ids_BxL: jax.Array, q_start: int = 0, q_len: int | None = None,
-                   k_len: int | None = None) -> jax.Array:
-  """[B, 1, 1, Lq, Lk] True where query i may attend key j.
-
-  Causal within the row and only inside the same packed document: with
-  positions that restart at 0 for each document, a packed row computes
-  exactly what each document would alone.
-  """
-  length = segment_ids_BxL.shape[-1]
-  q_len = length - q_start if q_len is None else q_len
-  k_len = length if k_len is None else k_len
-  q_idx = q_start + jnp.arange(q_len)
-  causal = q_idx[:, None] >= jnp.arange(k_len)[None, :]
-  seg_q = segment_ids_BxL[:, q_start:q_start + q_len]
-  seg_k = segment_ids_BxL[:, :k_len]
-  same_doc = seg_q[:, :, None] == seg_k[:, None, :]
-  return (causal[None] & same_doc)[:, None, None]
-
-
 def dense(x, w, dt, n_in: int = 1):
   """Contracts x's last ``n_in`` dims with w's first ``n_in`` dims as one 2-D matmul."""
   lead = x.shape[:x.ndim - n_in]
