@@ -113,15 +113,16 @@ def main():
       variants[arm] = torch_variant(config, arm == "torch_compile")
     else:
       raise SystemExit(f"--arms: unknown arm '{arm}'; use ours, torch_eager, torch_compile")
+  def time_arm(arm, v, steps):
+    return time_steps(v, steps) if arm == "ours" else time_torch(v, steps)
+
   for w in range(args.warmup):
-    took = {arm: time_steps(v, 1) if arm == "ours" else time_torch(v, 1) for arm, v in variants.items()}
+    took = {arm: time_arm(arm, v, 1) for arm, v in variants.items()}
     print(f"warm-up {w + 1}/{args.warmup}: " + ", ".join(f"{n} {t * 1000:.0f} ms" for n, t in took.items()),
           flush=True)
   rounds = []
   for r in range(args.rounds):
-    row = {}
-    for arm, v in variants.items():
-      row[arm] = time_steps(v, args.steps) if arm == "ours" else time_torch(v, args.steps)
+    row = {arm: time_arm(arm, v, args.steps) for arm, v in variants.items()}
     rounds.append(row)
     print(f"round {r + 1}: " + ", ".join(f"{n} {v['tokens'] / row[n]:.0f} tok/s" for n, v in variants.items()),
           flush=True)

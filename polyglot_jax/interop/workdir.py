@@ -109,14 +109,15 @@ def _restore_numpy(path: str, subtree: str | None = None) -> dict:
   # step's _CHECKPOINT_METADATA inside the item folder, where orbax never writes one, and
   # logs a warning on every read.
   handler = ocp.PyTreeCheckpointHandler()
-  tree = handler.metadata(epath.Path(path)).tree
+  item_dir = epath.Path(path)
+  tree = handler.metadata(item_dir).tree
   if subtree is not None:
     if subtree not in tree:
       raise ConvertError(f"{path} holds no '{subtree}' ({sorted(tree)})")
     tree = {subtree: tree[subtree]}
   item = jax.tree.map(lambda _: 0, tree)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  out = handler.restore(epath.Path(path), args=ocp.args.PyTreeRestore(
+  out = handler.restore(item_dir, args=ocp.args.PyTreeRestore(
       item=item, restore_args=restore_args, partial_restore=subtree is not None))
   return out[subtree] if subtree is not None else out
 
